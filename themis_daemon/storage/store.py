@@ -1,0 +1,171 @@
+"""The storage root as a whole: discovery of run folders and a cached view of every run.
+
+Runs are discovered from the file tree (a folder is a run iff it holds metadata.json), so the
+SQLite index is never needed and never opened. Nothing here writes to the root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from .run import RunState, View
+
+log = logging.getLogger("themis_daemon.storage")
+
+
+class RunNotFound(KeyError):
+    pass
+
+
+@dataclass
+class RefreshResult:
+    added: List[str] = field(default_factory=list)
+    removed: List[str] = field(default_factory=list)
+    changed: List[str] = field(default_factory=list)
+    error: Optional[str] = None
+    duration: float = 0.0
+
+
+class Store:
+    """Thread-safe cached reader of one Themis storage root.
+
+    `refresh()` is meant to run on one background thread at a time; readers on other threads
+    only see fully built, immutable views.
+    """
+
+    def __init__(self, root: str, *, clock: Callable[[], float] = time.time):
+        self.root = os.path.abspath(root)
+        self.clock = clock
+        self._runs: Dict[str, RunState] = {}  # replaced, never mutated, so readers need no lock
+        self._refresh_lock = threading.Lock()
+        self.generation = 0  # bumps whenever any run changes, appears or vanishes
+        self.scanned = False  # True once the first complete scan finished
+        self.last_refresh: Optional[float] = None
+        self.root_error: Optional[str] = None
+        self._logged: set = set()
+
+    # ------------------------------------------------------------------ discovery
+
+    def _discover(self) -> Dict[str, tuple]:
+        found: Dict[str, tuple] = {}
+        exp_root = os.path.join(self.root, "experiments")
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"storage root not found: {self.root}")
+        try:
+            experiments = sorted(e for e in os.scandir(exp_root) if e.is_dir())
+        except FileNotFoundError:
+            return found  # an empty root: Themis creates experiments/ on first use
+        for exp in sorted(experiments, key=lambda e: e.name):
+            try:
+                entries = sorted(os.scandir(os.path.join(exp.path, "runs")), key=lambda e: e.name)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_dir():
+                    continue
+                if not os.path.isfile(os.path.join(entry.path, "metadata.json")):
+                    continue  # lock-only folders left by runs started elsewhere
+                if entry.name in found:
+                    self._log_once(f"duplicate run id {entry.name!r} in experiments "
+                                   f"{found[entry.name][1]!r} and {exp.name!r}; serving the first")
+                    continue
+                found[entry.name] = (entry.path, exp.name)
+        return found
+
+    def refresh(self) -> RefreshResult:
+        """Rescan the root and re-read what moved; safe to call from any one thread at a time."""
+        start = time.perf_counter()
+        res = RefreshResult()
+        with self._refresh_lock:
+            try:
+                found = self._discover()
+                self.root_error = None
+            except OSError as exc:
+                # Root unmounted or unreadable: keep serving the last known state.
+                res.error = self.root_error = f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or self.root}"
+                self._log_once(res.error)
+                res.duration = time.perf_counter() - start
+                self.last_refresh = self.clock()
+                return res
+            runs = dict(self._runs)
+            for run_id in list(runs):
+                if run_id not in found or found[run_id][0] != runs[run_id].dir:
+                    del runs[run_id]
+                    res.removed.append(run_id)
+            for run_id, (path, exp_id) in found.items():
+                state = runs.get(run_id)
+                if state is None:
+                    state = RunState(path, run_id, exp_id)
+                    state.refresh()
+                    if state.meta is None and state.error is None:
+                        continue  # metadata.json is being written; pick it up next time
+                    runs[run_id] = state
+                    res.added.append(run_id)
+                elif state.refresh():
+                    res.changed.append(run_id)
+            if res.added or res.removed or res.changed:
+                self.generation += 1
+            self._runs = runs
+            self.scanned = True
+            self.last_refresh = self.clock()
+        res.duration = time.perf_counter() - start
+        return res
+
+    def _log_once(self, message: str) -> None:
+        if message not in self._logged:
+            self._logged.add(message)
+            log.warning("%s", message)
+
+    # ------------------------------------------------------------------ queries
+
+    def run_ids(self) -> List[str]:
+        return list(self._runs)
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._runs
+
+    def get(self, run_id: str) -> RunState:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise RunNotFound(run_id) from None
+
+    def view(self, run_id: str) -> View:
+        return self.get(run_id).view()
+
+    def summaries(self) -> List[Dict[str, Any]]:
+        """Summaries of every run, newest first (string order of created_at, as Themis sorts)."""
+        items = [state.view().summary for state in self._runs.values()]
+        items.sort(key=lambda s: (s.get("created_at") or "", s["run_id"]), reverse=True)
+        return items
+
+    def summary(self, run_id: str) -> Dict[str, Any]:
+        return self.view(run_id).summary
+
+    def detail(self, run_id: str, offset: int = 0, limit: Optional[int] = None) -> Dict[str, Any]:
+        """The run detail; sample text is loaded from disk for the requested page only."""
+        state = self.get(run_id)
+        state.want_tasks()
+        view = state.view()
+        stop = None if limit is None else offset + limit
+        samples = state.load_samples(view, offset, stop)
+        out = dict(view.summary)
+        out["samples"] = samples
+        out["samples_total"] = len(view.samples)
+        meta = state.meta or {}
+        out["metadata"] = {
+            "created_at": meta.get("created_at"),
+            "updated_at": meta.get("updated_at"),
+            "completed_at": meta.get("completed_at"),
+            "config_snapshot": meta.get("config_snapshot"),
+        }
+        return out
+
+    def scores(self, run_id: str) -> Dict[str, Dict[Any, List[float]]]:
+        """Per metric, per sample id, the score values (one per evaluation line)."""
+        return self.view(run_id).scores
