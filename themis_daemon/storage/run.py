@@ -135,8 +135,17 @@ class RunState:
                     log.warning("run %r: %s", self.run_id, error)
             if changed:
                 self.version += 1
-                self.last_change = time.time()
+                self.last_change = self._newest_mtime() or time.time()
             return changed
+
+    def _newest_mtime(self) -> Optional[float]:
+        """Newest modification among the files read: a killed writer shows as an old value."""
+        stamps = [t.sig[2] for t in (self._records, self._tasks, *self._evals.values()) if t is not None and t.sig]
+        if self._meta_sig:
+            stamps.append(self._meta_sig[1])
+        if self._dataset_sig:
+            stamps.append(self._dataset_sig[2])
+        return max(stamps) / 1e9 if stamps else None
 
     def _refresh_metadata(self) -> bool:
         path = os.path.join(self.dir, "metadata.json")

@@ -106,8 +106,10 @@ class Store:
                         continue  # metadata.json is being written; pick it up next time
                     runs[run_id] = state
                     res.added.append(run_id)
+                    state.view()  # build the summary here, off the caller's event loop
                 elif state.refresh():
                     res.changed.append(run_id)
+                    state.view()
             if res.added or res.removed or res.changed:
                 self.generation += 1
             self._runs = runs

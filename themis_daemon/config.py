@@ -1,0 +1,277 @@
+"""One typed settings object, layered: defaults < YAML file < THEMIS_* environment < CLI flags.
+
+Every layer is validated against schemas/config.schema.json so a typo in any of them stops
+start-up with one line that names the key, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+import yaml
+
+from .validation import load_schema, validation_errors
+
+# Presets registered by a stock Themis 1.4.0 install (storage spec §9.6).
+THEMIS_BENCHMARKS = [
+    "aime24", "aime25", "amc23", "beyondaime", "commonsense_qa", "coqa", "demo", "gpqa",
+    "gsm-symbolic", "gsm8k", "math500", "med_qa", "medmcqa", "mmlu-pro", "olympiadbench",
+    "piqa", "sciq", "social_i_qa", "supergpqa",
+]
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as the one line printed before exiting with status 2."""
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_size: int = 1_048_576
+    idle_connection_timeout: float = 75.0
+    drain_timeout: float = 10.0
+    xheaders: bool = False
+
+
+@dataclass
+class StorageSettings:
+    path: str = ".cache/experiments"
+
+
+@dataclass
+class MonitorSettings:
+    poll_interval: float = 1.0
+    stalled_after: Optional[float] = 300.0
+
+
+@dataclass
+class WebSocketSettings:
+    ping_interval: float = 30.0
+    ping_timeout: float = 60.0
+    max_message_size: int = 65_536
+    max_subscriptions: int = 256
+    max_connections: int = 10_000
+    queue_size: int = 256
+    replay_buffer: int = 1_000
+
+
+@dataclass
+class AuthSettings:
+    api_keys: List[str] = field(default_factory=list)
+    api_key_files: List[str] = field(default_factory=list)
+    public_metrics: bool = False
+
+
+@dataclass
+class CorsSettings:
+    allow_origins: List[str] = field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+    allow_methods: List[str] = field(default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"])
+    allow_headers: List[str] = field(default_factory=lambda: ["Content-Type", "Authorization", "X-API-Key", "If-None-Match"])
+    max_age: int = 600
+
+
+@dataclass
+class LoggingSettings:
+    level: str = "info"
+    json: bool = False
+    access_log: bool = True
+
+
+@dataclass
+class CompareSettings:
+    default_test: str = "bootstrap"
+    correction: str = "holm"
+    seed: int = 20240101
+    n_resamples: int = 10_000
+    max_work: int = 2_000_000_000
+    lower_is_better: List[str] = field(default_factory=lambda: ["ResponseLength"])
+
+
+@dataclass
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    benchmarks: List[str] = field(default_factory=lambda: list(THEMIS_BENCHMARKS))
+    compare: CompareSettings = field(default_factory=CompareSettings)
+    config_file: Optional[str] = None  # where the file layer came from, for SIGHUP reloads
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("config_file", None)
+        return d
+
+    def api_keys(self) -> List[str]:
+        """Configured keys plus those read from key files and systemd credentials."""
+        keys = list(self.auth.api_keys)
+        files = list(self.auth.api_key_files)
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred_dir and os.path.isfile(os.path.join(cred_dir, "api_keys")):
+            files.append(os.path.join(cred_dir, "api_keys"))
+        for path in files:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    keys.extend(ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#"))
+            except OSError as exc:
+                raise ConfigError(f"auth.api_key_files: cannot read {path}: {exc.strerror or exc}") from exc
+        return keys
+
+
+def _path_of(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return ".".join(parts + extra[:1]) or "<root>"
+    return ".".join(parts) or "<root>"
+
+
+def _check(doc: Mapping[str, Any], source: str) -> None:
+    errors = validation_errors("config", doc)
+    if errors:
+        err = errors[0]
+        key = _path_of(err)
+        if err.validator == "additionalProperties":
+            raise ConfigError(f"{source}: unknown key '{key}'")
+        raise ConfigError(f"{source}: invalid value for '{key}': {err.message}")
+
+
+def _merge(base: Dict[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_file(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    _check(doc, path)
+    return doc
+
+
+def _coerce(raw: str, schema: Mapping[str, Any], name: str) -> Any:
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else list(types or [])
+    if "null" in types and raw.strip().lower() in ("", "null", "none"):
+        return None
+    if "array" in types:
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    if "boolean" in types:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: invalid value {raw!r}: expected true or false")
+    if "integer" in types:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: invalid value {raw!r}: expected an integer") from None
+    if "number" in types:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: invalid value {raw!r}: expected a number") from None
+    return raw
+
+
+def from_environ(environ: Mapping[str, str]) -> Dict[str, Any]:
+    """THEMIS_<SECTION>_<KEY> variables, typed after the config schema."""
+    schema = load_schema("config")
+    out: Dict[str, Any] = {}
+    for section, sec_schema in schema["properties"].items():
+        if sec_schema.get("type") == "object":
+            for key, key_schema in sec_schema["properties"].items():
+                name = f"THEMIS_{section}_{key}".upper()
+                if name in environ:
+                    out.setdefault(section, {})[key] = _coerce(environ[name], key_schema, name)
+        else:
+            name = f"THEMIS_{section}".upper()
+            if name in environ:
+                out[section] = _coerce(environ[name], sec_schema, name)
+    if out:
+        _check(out, "environment")
+    return out
+
+
+def load_settings(config_file: Optional[str] = None, *, environ: Optional[Mapping[str, str]] = None,
+                  overrides: Optional[Mapping[str, Any]] = None) -> Settings:
+    """Build Settings from the layers; raises ConfigError with a one-line message."""
+    environ = os.environ if environ is None else environ
+    merged = Settings().as_dict()
+    if config_file is None and environ.get("THEMIS_CONFIG"):
+        config_file = environ["THEMIS_CONFIG"]
+    if config_file:
+        merged = _merge(merged, read_file(config_file))
+    merged = _merge(merged, from_environ(environ))
+    if overrides:
+        _check(overrides, "command line")
+        merged = _merge(merged, overrides)
+    _check(merged, "configuration")
+    return build(merged, config_file)
+
+
+def build(doc: Mapping[str, Any], config_file: Optional[str] = None) -> Settings:
+    kwargs: Dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        if f.name == "config_file":
+            continue
+        value = doc.get(f.name)
+        default = getattr(Settings(), f.name)
+        if dataclasses.is_dataclass(default):
+            value = type(default)(**(value or {}))
+        kwargs[f.name] = value if value is not None else default
+    return Settings(config_file=config_file, **kwargs)
+
+
+def settings_from_kwargs(storage_path: Optional[str] = None, **kwargs: Any) -> Settings:
+    """Settings for programmatic `create_app(storage_path, **settings)`.
+
+    Accepts either a `settings=Settings(...)` object or dotted-free section overrides such as
+    `poll_interval=0.1` / `monitor={"poll_interval": 0.1}`; unknown names raise ConfigError.
+    """
+    base: Settings = kwargs.pop("settings", None) or Settings()
+    doc = base.as_dict()
+    flat_index = {key: section for section, value in doc.items() if isinstance(value, dict) for key in value}
+    over: Dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if name in doc:
+            over[name] = value
+        elif name in flat_index:
+            over.setdefault(flat_index[name], {})[name] = value
+        else:
+            raise ConfigError(f"unknown setting '{name}'")
+    if storage_path is not None:
+        over.setdefault("storage", {})["path"] = storage_path
+    merged = _merge(doc, over)
+    _check(merged, "settings")
+    return build(merged, base.config_file)

@@ -1,0 +1,176 @@
+"""Polls the storage on the IOLoop and turns what changed into run events.
+
+The refresh itself runs on a single storage thread (file I/O never blocks the loop); the diff
+of old and new summaries happens back on the loop, where events are handed to the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from typing import Any, Callable, Dict, List, Optional
+
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+from .storage import RefreshResult, Store
+
+log = logging.getLogger("themis_daemon.monitor")
+
+FINAL_EVENTS = {"completed": "run_completed", "failed": "run_failed", "cancelled": "run_failed"}
+PROGRESS_FIELDS = ("generated", "evaluated", "failed", "expected_samples", "num_samples", "progress")
+
+
+def diff_events(old: Dict[str, Dict[str, Any]], new: Dict[str, Dict[str, Any]],
+                added: List[str], removed: List[str]) -> List[Dict[str, Any]]:
+    """Events that take a subscriber from the `old` summaries to the `new` ones.
+
+    Pure, so the event rules can be tested without a loop: a new run yields run_started (and
+    its final event if it already finished between two polls); a finished run whose files grow
+    again was resumed; at most one run_progress per run per call.
+    """
+    events: List[Dict[str, Any]] = []
+    for run_id, cur in new.items():
+        prev = old.get(run_id)
+        status = cur.get("status")
+        if prev is None:
+            if run_id not in added:
+                continue
+            events.append(_event("run_started", cur))
+            if status in FINAL_EVENTS:
+                events.append(_event(FINAL_EVENTS[status], cur))
+            continue
+        prev_status = prev.get("status")
+        grew = any(cur.get(k) != prev.get(k) for k in ("generated", "evaluated"))
+        if prev_status in FINAL_EVENTS and status == "in_progress":
+            events.append(_event("run_started", cur, resumed=True))
+        elif prev_status in FINAL_EVENTS and status == prev_status and grew:
+            events.append(_event("run_started", cur, resumed=True))
+        if any(cur.get(k) != prev.get(k) for k in PROGRESS_FIELDS):
+            ev = _event("run_progress", cur)
+            ev["progress"] = cur.get("progress")
+            events.append(ev)
+        if status in FINAL_EVENTS and (status != prev_status or (grew and prev_status in FINAL_EVENTS)):
+            events.append(_event(FINAL_EVENTS[status], cur))
+    for run_id in removed:
+        if run_id in old:
+            events.append({"type": "run_removed", "run_id": run_id, "data": old[run_id]})
+    return events
+
+
+def _event(kind: str, summary: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    ev: Dict[str, Any] = {"type": kind, "run_id": summary["run_id"], "data": summary}
+    if kind == "run_failed":
+        ev["error_message"] = summary.get("error_message")
+    ev.update(extra)
+    return ev
+
+
+class Monitor:
+    """Owns the storage refresh: periodic polls, on-demand freshness for requests, diffing."""
+
+    def __init__(self, store: Store, executor: Executor, *, poll_interval: float = 1.0,
+                 stalled_after: Optional[float] = None,
+                 publish: Optional[Callable[[Dict[str, Any]], None]] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.executor = executor
+        self.poll_interval = poll_interval
+        self.stalled_after = stalled_after
+        self.publish = publish
+        self.clock = clock
+        self._pc: Optional[PeriodicCallback] = None
+        self._inflight: Optional[asyncio.Future] = None
+        self._snapshot: Dict[str, Dict[str, Any]] = {}
+        self._stalled: set = set()
+        self._last_ok: Optional[float] = None
+        self.ticks = 0
+        self.last_tick_duration = 0.0
+        self.listeners: List[Callable[[RefreshResult], None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._pc is None:
+            self._pc = PeriodicCallback(self._tick, self.poll_interval * 1000)
+            self._pc.start()
+            IOLoop.current().add_callback(self._tick)
+
+    def stop(self) -> None:
+        if self._pc is not None:
+            self._pc.stop()
+            self._pc = None
+
+    def set_poll_interval(self, seconds: float) -> None:
+        self.poll_interval = seconds
+        if self._pc is not None:
+            self.stop()
+            self.start()
+
+    @property
+    def running(self) -> bool:
+        return self._pc is not None
+
+    # ------------------------------------------------------------------ refresh
+
+    async def _tick(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:  # the monitor must survive anything the storage throws at it
+            log.exception("storage poll failed")
+
+    def refresh(self) -> "asyncio.Future[RefreshResult]":
+        """Start a refresh, or join the one already running, so polls never pile up."""
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self._refresh())
+        return self._inflight
+
+    async def ensure_fresh(self) -> None:
+        """Wait for a refresh if the cached state is older than one poll interval."""
+        last = self._last_ok
+        if last is None or self.clock() - last > max(self.poll_interval * 2, 0.05):
+            await self.refresh()
+
+    async def _refresh(self) -> RefreshResult:
+        started = self.clock()
+        loop = asyncio.get_running_loop()
+        result: RefreshResult = await loop.run_in_executor(self.executor, self.store.refresh)
+        self.ticks += 1
+        self.last_tick_duration = result.duration
+        self._last_ok = started
+        first = not self._snapshot and self.ticks == 1
+        new = {s["run_id"]: s for s in self.store.summaries()}
+        events = [] if first else diff_events(self._snapshot, new, result.added, result.removed)
+        events.extend(self._stall_events(new))
+        self._snapshot = new
+        for listener in list(self.listeners):
+            try:
+                listener(result)
+            except Exception:
+                log.exception("refresh listener failed")
+        if self.publish is not None:
+            for ev in events:
+                self.publish(ev)
+        return result
+
+    def _stall_events(self, summaries: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+        if not self.stalled_after:
+            return []
+        events = []
+        now = time.time()
+        for run_id, summary in summaries.items():
+            if summary.get("status") != "in_progress":
+                self._stalled.discard(run_id)
+                continue
+            try:
+                idle = now - self.store.get(run_id).last_change
+            except KeyError:
+                continue
+            if idle >= self.stalled_after:
+                if run_id not in self._stalled:
+                    self._stalled.add(run_id)
+                    events.append({**_event("run_stalled", summary), "idle_seconds": round(idle, 1)})
+            else:
+                self._stalled.discard(run_id)
+        return events

@@ -1,0 +1,128 @@
+"""The application factory: wires settings, store, monitor, hub and handlers together.
+
+Collaborators are injected so tests (and other embedders) can hand in their own store, clock
+or executor and get a real `tornado.web.Application` back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, List, Optional, Tuple
+
+import tornado.web
+
+from ..config import Settings, settings_from_kwargs
+from ..monitor import Monitor
+from ..storage import Store
+from . import health, runs
+from .base import NotFoundHandler
+
+log = logging.getLogger("themis_daemon")
+
+
+class BodyCache:
+    """A small LRU of encoded response bodies, bounded by total bytes."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024):
+        self.max_bytes = max_bytes
+        self._items: "OrderedDict[Any, Tuple]" = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Optional[Tuple]:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: Any, value: Tuple) -> None:
+        size = len(value[0])
+        if size > self.max_bytes // 4:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._size -= len(old[0])
+            self._items[key] = value
+            self._size += size
+            while self._size > self.max_bytes and self._items:
+                _, dropped = self._items.popitem(last=False)
+                self._size -= len(dropped[0])
+
+
+class Daemon:
+    """Everything a handler needs, in one object stored in the application settings."""
+
+    def __init__(self, settings: Settings, *, store: Optional[Store] = None,
+                 executor: Optional[ThreadPoolExecutor] = None, hub: Any = None,
+                 clock: Optional[Callable[[], float]] = None):
+        self.settings = settings
+        self.store = store or Store(settings.storage.path)
+        # One thread for storage refreshes keeps them strictly sequential.
+        self.storage_executor = ThreadPoolExecutor(1, thread_name_prefix="themis-storage")
+        # Detail rendering and comparisons run here, off the IOLoop.
+        self.executor = executor or ThreadPoolExecutor(2, thread_name_prefix="themis-work")
+        self.hub = hub
+        monitor_kwargs = {"clock": clock} if clock else {}
+        self.monitor = Monitor(self.store, self.storage_executor,
+                               poll_interval=settings.monitor.poll_interval,
+                               stalled_after=settings.monitor.stalled_after,
+                               publish=hub.publish if hub is not None else None, **monitor_kwargs)
+        self.cache = BodyCache()
+        self.api_keys: List[str] = settings.api_keys()
+        self._started = False
+
+    def ensure_started(self) -> None:
+        """Start polling on the running IOLoop; idempotent, called by serve and first requests."""
+        if not self._started:
+            self._started = True
+            self.monitor.start()
+
+    def apply(self, settings: Settings) -> None:
+        """Take over reloadable settings (SIGHUP) without dropping connections."""
+        self.api_keys = settings.api_keys()
+        self.settings = settings
+        if settings.monitor.poll_interval != self.monitor.poll_interval:
+            self.monitor.set_poll_interval(settings.monitor.poll_interval)
+        self.monitor.stalled_after = settings.monitor.stalled_after
+
+    def close(self) -> None:
+        self.monitor.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.storage_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def route_modules() -> List[Any]:
+    from . import compare, ws  # noqa: WPS433 - optional rooms wired when present
+
+    return [health, runs, compare, ws]
+
+
+def create_app(storage_path: Optional[str] = None, *, store: Optional[Store] = None,
+               executor: Optional[ThreadPoolExecutor] = None, clock: Optional[Callable[[], float]] = None,
+               **settings: Any) -> tornado.web.Application:
+    """A configured Application; `settings` takes a `settings=Settings` object or overrides."""
+    tornado_settings = {k: settings.pop(k) for k in ("debug", "autoreload") if k in settings}
+    conf = settings_from_kwargs(storage_path, **settings)
+    from .ws import Hub
+
+    hub = Hub(conf.websocket)
+    daemon = Daemon(conf, store=store, executor=executor, hub=hub, clock=clock)
+    handlers: List[Tuple] = []
+    for module in route_modules():
+        handlers.extend(module.default_handlers)
+    app = tornado.web.Application(
+        handlers,
+        daemon=daemon,
+        default_handler_class=NotFoundHandler,
+        compress_response=True,
+        websocket_ping_interval=conf.websocket.ping_interval or None,
+        websocket_ping_timeout=conf.websocket.ping_timeout,
+        websocket_max_message_size=conf.websocket.max_message_size,
+        **tornado_settings,
+    )
+    return app

@@ -1,0 +1,189 @@
+"""The one place that owns JSON bodies, problem-details errors, API keys and CORS."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import http.client
+import json
+import logging
+from typing import Any, Dict, Iterable, List, Optional
+
+import tornado.web
+
+from .. import jsonutil
+
+log = logging.getLogger("themis_daemon.web")
+
+
+class ApiError(tornado.web.HTTPError):
+    """An error whose `detail` is shown to the client (HTTPError's log_message is not)."""
+
+    def __init__(self, status: int, detail: str, **extra: Any):
+        super().__init__(status, "%s", detail)
+        self.detail = detail
+        self.extra = extra
+
+
+def origin_allowed(origin: Optional[str], allowed: Iterable[str]) -> bool:
+    if not origin:
+        return False
+    for pattern in allowed:
+        if pattern == "*" or pattern == origin or fnmatch.fnmatchcase(origin, pattern):
+            return True
+    return False
+
+
+def key_matches(candidate: str, keys: List[str]) -> bool:
+    """Constant-time comparison against every key, so timing reveals neither key nor position."""
+    cand = hashlib.sha256(candidate.encode("utf-8", "surrogatepass")).digest()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(cand, hashlib.sha256(key.encode("utf-8")).digest())
+    return found
+
+
+def request_key(handler: tornado.web.RequestHandler, allow_query: bool = False) -> Optional[str]:
+    key = handler.request.headers.get("X-API-Key")
+    if key:
+        return key.strip()
+    auth = handler.request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    if allow_query:
+        token = handler.get_query_argument("token", None)
+        if token:
+            return token
+    return None
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Shared behaviour of every HTTP route: JSON in and out, errors as RFC 9457 problems."""
+
+    # Routes that stay public when API keys are configured.
+    public = False
+
+    @property
+    def daemon(self):
+        return self.application.settings["daemon"]
+
+    @property
+    def config(self):
+        return self.daemon.settings
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-cache")
+        self._set_cors_headers()
+
+    def _set_cors_headers(self) -> None:
+        origin = self.request.headers.get("Origin")
+        cors = self.daemon.settings.cors
+        if not origin or not origin_allowed(origin, cors.allow_origins):
+            return
+        if "*" in cors.allow_origins and not cors.allow_credentials:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        else:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.add_header("Vary", "Origin")
+        if cors.allow_credentials:
+            self.set_header("Access-Control-Allow-Credentials", "true")
+        self.set_header("Access-Control-Expose-Headers", "ETag, X-Total-Count, X-Request-Id")
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight; answered without authentication as browsers send no credentials."""
+        cors = self.daemon.settings.cors
+        origin = self.request.headers.get("Origin")
+        if origin and origin_allowed(origin, cors.allow_origins):
+            self.set_header("Access-Control-Allow-Methods", ", ".join(cors.allow_methods))
+            requested = self.request.headers.get("Access-Control-Request-Headers")
+            allowed = cors.allow_headers
+            if "*" in allowed and requested:
+                self.set_header("Access-Control-Allow-Headers", requested)
+            else:
+                self.set_header("Access-Control-Allow-Headers", ", ".join(allowed))
+            self.set_header("Access-Control-Max-Age", str(cors.max_age))
+        self.set_status(204)
+        self.clear_header("Content-Type")
+        self.finish()
+
+    def prepare(self) -> None:
+        self.daemon.ensure_started()
+        if self.request.method == "OPTIONS" or self.public:
+            return
+        self.check_api_key()
+
+    def check_api_key(self, allow_query: bool = False) -> None:
+        keys = self.daemon.api_keys
+        if not keys:
+            return
+        given = request_key(self, allow_query)
+        if given is None:
+            self.set_header("WWW-Authenticate", 'Bearer realm="themis-daemon"')
+            raise ApiError(401, "API key required: send it as X-API-Key or Authorization: Bearer")
+        if not key_matches(given, keys):
+            raise ApiError(403, "Invalid API key")
+
+    # ------------------------------------------------------------------ bodies
+
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(jsonutil.dumpb(obj))
+
+    def json_body(self) -> Any:
+        ctype = self.request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+        if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+            raise ApiError(415, f"Unsupported content type {ctype!r}: send application/json")
+        try:
+            return json.loads(self.request.body or b"")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"Invalid JSON body: {exc}") from None
+
+    def query_int(self, name: str, default: Optional[int], minimum: int = 0,
+                  maximum: Optional[int] = None) -> Optional[int]:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw, 10)
+        except ValueError:
+            raise ApiError(400, f"Query parameter '{name}' must be an integer, got {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ApiError(400, f"Query parameter '{name}' must be {bound}, got {value}")
+        return value
+
+    # ------------------------------------------------------------------ errors
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        title = http.client.responses.get(status_code, "Error")
+        body: Dict[str, Any] = {"type": "about:blank", "title": title, "status": status_code}
+        if isinstance(exc, ApiError):
+            body["detail"] = exc.detail
+            body.update(exc.extra)
+        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            body["detail"] = exc.reason or title
+        elif status_code >= 500:
+            body["detail"] = "Internal server error"
+        else:
+            body["detail"] = self._reason or title
+        self.set_header("Content-Type", "application/problem+json")
+        self.clear_header("ETag")
+        self.finish(jsonutil.dumpb(body))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            return  # client errors are answered, not logged as failures
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(BaseHandler):
+    """JSON 404 for any unknown path, instead of Tornado's HTML page."""
+
+    public = True
+
+    def prepare(self) -> None:
+        raise ApiError(404, f"Not found: {self.request.path}")

@@ -1,0 +1,61 @@
+"""POST /api/compare: validation in the original's order, statistics off the IOLoop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Dict, List, Tuple
+
+from .. import jsonutil
+from ..validation import describe
+from .base import ApiError, BaseHandler
+
+ORIGINAL_TESTS = ("t_test", "bootstrap", "permutation", "none")
+
+
+class CompareHandler(BaseHandler):
+    async def post(self) -> None:
+        from ..stats import CompareError, TESTS, compare_runs
+
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise ApiError(422, "Request body must be a JSON object",
+                           errors=[{"pointer": "", "message": "expected an object"}])
+        await self.daemon.monitor.ensure_fresh()
+        store = self.daemon.store
+        run_ids = body.get("run_ids")
+        # The original's order of checks: unknown run (404), then count (400), then test (400).
+        if isinstance(run_ids, list) and all(isinstance(r, str) for r in run_ids):
+            for run_id in run_ids:
+                if run_id not in store:
+                    raise ApiError(404, f"Run not found: {run_id}")
+            if len(run_ids) < 2:
+                raise ApiError(400, "Need at least 2 runs to compare")
+        test = body.get("statistical_test", self.config.compare.default_test)
+        if isinstance(test, str) and test not in TESTS:
+            raise ApiError(400, f"Invalid statistical test: {test}")
+        problems = describe("compare_request", body)
+        if problems:
+            raise ApiError(422, "Request body does not match the compare_request schema", errors=problems)
+        conf = self.config.compare
+        kwargs: Dict[str, Any] = {
+            "metrics": body.get("metrics"),
+            "test": test,
+            "alpha": body.get("alpha", 0.05),
+            "correction": body.get("correction", conf.correction),
+            "seed": body.get("seed", conf.seed),
+            "n_resamples": body.get("n_resamples", conf.n_resamples),
+            "lower_is_better": body.get("lower_is_better", conf.lower_is_better),
+            "max_work": conf.max_work,
+        }
+        runs: List[Tuple[str, Any]] = [(r, store.scores(r)) for r in run_ids]
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.daemon.executor, lambda: compare_runs(runs, **kwargs))
+        except CompareError as exc:
+            raise ApiError(exc.status, exc.detail, **(getattr(exc, "extra", None) or {})) from None
+        self.finish(jsonutil.dumpb(result))
+
+
+default_handlers = [
+    (r"/api/compare", CompareHandler),
+]

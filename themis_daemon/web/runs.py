@@ -1,0 +1,119 @@
+"""Run list and run detail, served from the store's cache (no file is read for unchanged runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any, Dict, List, Optional, Tuple
+
+from .. import jsonutil
+from ..storage import RunNotFound
+from ..storage.run import STATUSES
+from .base import ApiError, BaseHandler
+
+SORT_KEYS = ("created_at", "updated_at", "completed_at", "run_id", "experiment_id", "status",
+             "progress", "num_samples")
+MAX_PAGE = 100_000
+
+
+def _sort_key(field: str):
+    def key(summary: Dict[str, Any]) -> Tuple:
+        value = summary.get(field)
+        # None sorts before every value, whatever its type.
+        return (value is not None, value if value is not None else 0, summary["run_id"])
+    return key
+
+
+class CachedBodyMixin:
+    """Serve a pre-encoded body with an ETag computed once per cached body."""
+
+    _etag: Optional[str] = None
+
+    def send_cached(self, body: bytes, etag: str) -> None:
+        self._etag = etag
+        self.finish(body)
+
+    def compute_etag(self) -> Optional[str]:
+        return self._etag or super().compute_etag()
+
+
+def _etag(body: bytes) -> str:
+    return '"%s"' % hashlib.blake2b(body, digest_size=12).hexdigest()
+
+
+class RunsHandler(CachedBodyMixin, BaseHandler):
+    async def get(self) -> None:
+        statuses = self._statuses()
+        experiment = self.get_query_argument("experiment_id", None)
+        sort = self.get_query_argument("sort", "-created_at") or "-created_at"
+        field = sort[1:] if sort.startswith("-") else sort
+        if field not in SORT_KEYS:
+            raise ApiError(400, f"Unknown sort key {sort!r}; use one of {', '.join(SORT_KEYS)} (prefix '-' for descending)")
+        limit = self.query_int("limit", None, 0, MAX_PAGE)
+        offset = self.query_int("offset", 0, 0)
+        await self.daemon.monitor.ensure_fresh()
+        store = self.daemon.store
+        key = ("runs", store.generation, statuses, experiment, sort, limit, offset)
+        hit = self.daemon.cache.get(key)
+        if hit is None:
+            items: List[Dict[str, Any]] = store.summaries()
+            if statuses:
+                items = [s for s in items if s["status"] in statuses]
+            if experiment is not None:
+                items = [s for s in items if s["experiment_id"] == experiment]
+            if sort != "-created_at":
+                items.sort(key=_sort_key(field), reverse=sort.startswith("-"))
+            total = len(items)
+            page = items[offset:] if limit is None else items[offset:offset + limit]
+            body = jsonutil.dumpb(page)
+            hit = (body, _etag(body), total)
+            self.daemon.cache.put(key, hit)
+        body, etag, total = hit
+        self.set_header("X-Total-Count", str(total))
+        self.send_cached(body, etag)
+
+    def _statuses(self) -> Optional[Tuple[str, ...]]:
+        raw = self.get_query_arguments("status")
+        if not raw:
+            return None
+        wanted = tuple(sorted({p.strip() for r in raw for p in r.split(",") if p.strip()}))
+        bad = [s for s in wanted if s not in STATUSES + ("unknown",)]
+        if bad:
+            raise ApiError(400, f"Unknown status {bad[0]!r}; use one of {', '.join(STATUSES)}")
+        return wanted or None
+
+
+class RunHandler(CachedBodyMixin, BaseHandler):
+    async def get(self, run_id: str) -> None:
+        offset = self.query_int("samples_offset", 0, 0)
+        limit = self.query_int("samples_limit", None, 0, MAX_PAGE)
+        await self.daemon.monitor.ensure_fresh()
+        state = self._state(run_id)
+        key = ("run", run_id, state.version, offset, limit)
+        hit = self.daemon.cache.get(key)
+        if hit is None:
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(self.daemon.executor, self._render, run_id, offset, limit)
+            hit = (body, _etag(body))
+            self.daemon.cache.put(key, hit)
+        self.send_cached(*hit)
+
+    def _render(self, run_id: str, offset: int, limit: Optional[int]) -> bytes:
+        return jsonutil.dumpb(self.daemon.store.detail(run_id, offset, limit))
+
+    def _state(self, run_id: str):
+        try:
+            return self.daemon.store.get(run_id)
+        except RunNotFound:
+            raise ApiError(404, f"Run not found: {run_id}") from None
+
+    async def delete(self, run_id: str) -> None:
+        await self.daemon.monitor.ensure_fresh()
+        self._state(run_id)
+        raise ApiError(501, "Delete not implemented: themis-daemon serves the storage read-only")
+
+
+default_handlers = [
+    (r"/api/runs/?", RunsHandler),
+    (r"/api/runs/([^/]+)", RunHandler),
+]

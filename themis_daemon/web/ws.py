@@ -1,0 +1,245 @@
+"""WebSocket /ws: subscriptions per run and a hub that fans run events out to clients.
+
+Each client has its own bounded queue and its own sender coroutine, so a slow or stuck client
+only ever delays itself: queued progress for one run coalesces to the newest, final events
+are never dropped, and a client whose queue still overflows is disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Set
+
+import tornado.web
+import tornado.websocket
+
+from .. import jsonutil
+from ..validation import describe
+from .base import ApiError, BaseHandler, origin_allowed
+
+log = logging.getLogger("themis_daemon.ws")
+
+ALL = "*"
+COALESCING = {"run_progress"}
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
+
+
+class Client:
+    """One connection's subscriptions and outgoing queue."""
+
+    def __init__(self, hub: "Hub", handler: "WebSocketHandler"):
+        self.hub = hub
+        self.handler = handler
+        self.subscriptions: Set[str] = set()
+        self.queue: Deque[Dict[str, Any]] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: Optional[asyncio.Task] = None
+        self.closed = False
+        self.dropped = 0
+
+    def wants(self, run_id: Optional[str]) -> bool:
+        return ALL in self.subscriptions or (run_id is not None and run_id in self.subscriptions)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._pump())
+
+    def send(self, message: Dict[str, Any]) -> None:
+        """Queue a message; never blocks, whatever the client's speed."""
+        if self.closed:
+            return
+        if message.get("type") in COALESCING:
+            for i, queued in enumerate(self.queue):
+                if queued.get("type") == message["type"] and queued.get("run_id") == message.get("run_id"):
+                    del self.queue[i]
+                    self.dropped += 1
+                    self.hub.stats["events_coalesced"] += 1
+                    break
+        self.queue.append(message)
+        if len(self.queue) > self.hub.settings.queue_size:
+            self._shed()
+        self._wakeup.set()
+
+    def _shed(self) -> None:
+        # Drop the oldest progress events first; final events are never dropped.
+        for i, queued in enumerate(self.queue):
+            if queued.get("type") in COALESCING:
+                del self.queue[i]
+                self.dropped += 1
+                self.hub.stats["events_dropped"] += 1
+                return
+        log.warning("disconnecting a client that does not read its events (%d queued)", len(self.queue))
+        self.hub.stats["clients_disconnected_slow"] += 1
+        self.close(CLOSE_TRY_LATER, "client too slow: event queue overflow")
+
+    async def _pump(self) -> None:
+        while not self.closed:
+            if not self.queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            message = self.queue.popleft()
+            try:
+                await self.handler.write_message(jsonutil.dumps(message))
+            except (tornado.websocket.WebSocketClosedError, tornado.iostream.StreamClosedError):
+                break
+            except Exception:  # one broken client must not take the hub down
+                log.exception("sending to a WebSocket client failed")
+                break
+            if message.get("seq") is not None:
+                self.hub.stats["events_sent"] += 1
+        self.closed = True
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self._wakeup.set()
+            try:
+                self.handler.close(code, reason)
+            except Exception:
+                pass
+
+
+class Hub:
+    """Assigns sequence numbers, keeps a bounded replay buffer and fans events out."""
+
+    def __init__(self, settings: Any):
+        self.settings = settings
+        self.seq = 0
+        self.buffer: Deque[Dict[str, Any]] = deque(maxlen=max(settings.replay_buffer, 1))
+        self.clients: Set[Client] = set()
+        self.stats = {"events_published": 0, "events_sent": 0, "events_dropped": 0,
+                      "events_coalesced": 0, "clients_disconnected_slow": 0}
+
+    def publish(self, event: Dict[str, Any]) -> Dict[str, Any]:
+        self.seq += 1
+        event = dict(event, seq=self.seq)
+        self.stats["events_published"] += 1
+        if self.settings.replay_buffer:
+            self.buffer.append(event)
+        for client in list(self.clients):
+            if client.wants(event.get("run_id")):
+                client.send(event)
+        return event
+
+    def replay(self, run_id: str, since: int) -> tuple:
+        """Buffered events after `since` for `run_id`, and whether the buffer reaches back."""
+        oldest = self.buffer[0]["seq"] if self.buffer else self.seq + 1
+        complete = since >= oldest - 1 or since >= self.seq
+        events = [e for e in self.buffer if e["seq"] > since and (run_id == ALL or e.get("run_id") == run_id)]
+        return events, complete, oldest
+
+    def subscriptions(self) -> int:
+        return sum(len(c.subscriptions) for c in self.clients)
+
+    def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
+        for client in list(self.clients):
+            client.close(code, reason)
+
+
+class WebSocketHandler(tornado.websocket.WebSocketHandler):
+    """The /ws protocol of the reference, plus `*`, `since` replay and `run_state` snapshots."""
+
+    client: Optional[Client] = None
+
+    @property
+    def daemon(self):
+        return self.application.settings["daemon"]
+
+    def prepare(self) -> None:
+        # Refusals happen here, before the upgrade, with a JSON body and a real status code.
+        self.daemon.ensure_started()
+        BaseHandler.check_api_key(self, allow_query=True)
+        hub = self.daemon.hub
+        if len(hub.clients) >= self.daemon.settings.websocket.max_connections:
+            raise ApiError(503, "Too many WebSocket connections")
+
+    write_error = BaseHandler.write_error
+    set_default_headers = lambda self: None  # noqa: E731 - the upgrade response sets its own
+
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.daemon.settings.cors.allow_origins
+        return origin_allowed(origin, allowed) or super().check_origin(origin)
+
+    def open(self) -> None:
+        self.client = Client(self.daemon.hub, self)
+        self.daemon.hub.clients.add(self.client)
+        self.client.start()
+
+    def on_close(self) -> None:
+        if self.client is not None:
+            self.client.closed = True
+            self.client._wakeup.set()
+            self.daemon.hub.clients.discard(self.client)
+
+    def reply(self, message: Dict[str, Any]) -> None:
+        if self.client is not None:
+            self.client.send(message)
+
+    def error(self, message: str, **extra: Any) -> None:
+        self.reply({"type": "error", "message": message, **extra})
+
+    def on_message(self, raw: Any) -> None:
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self.error("Invalid JSON mapping")
+                return
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            self.error("Invalid JSON mapping")
+            return
+        if not isinstance(msg, dict):
+            self.error("Invalid JSON mapping")
+            return
+        kind = msg.get("type")
+        if kind not in ("ping", "subscribe", "unsubscribe"):
+            self.error(f"Unknown message type: {kind}")
+            return
+        problems = describe("ws_client_message", msg)
+        if problems:
+            first = problems[0]
+            self.error(f"Invalid {kind} message: {first['pointer'] or '/'}: {first['message']}", errors=problems)
+            return
+        getattr(self, f"on_{kind}")(msg)
+
+    def on_ping(self, msg: Dict[str, Any]) -> None:
+        self.reply({"type": "pong"})
+
+    def on_subscribe(self, msg: Dict[str, Any]) -> None:
+        run_id = msg["run_id"]
+        client = self.client
+        hub = self.daemon.hub
+        limit = self.daemon.settings.websocket.max_subscriptions
+        if run_id not in client.subscriptions and len(client.subscriptions) >= limit:
+            self.error(f"Too many subscriptions (limit {limit})", run_id=run_id)
+            return
+        client.subscriptions.add(run_id)
+        self.reply({"type": "subscribed", "run_id": run_id, "seq": hub.seq})
+        since = msg.get("since")
+        if since is not None:
+            events, complete, oldest = hub.replay(run_id, since)
+            if not complete:
+                self.reply({"type": "replay_incomplete", "run_id": run_id, "since": since,
+                            "oldest_seq": oldest,
+                            "message": f"events after seq {since} are no longer buffered; replay starts at {oldest}"})
+            for ev in events:
+                self.reply(ev)
+        store = self.daemon.store
+        if run_id != ALL and run_id in store:
+            self.reply({"type": "run_state", "run_id": run_id, "data": store.summary(run_id)})
+
+    def on_unsubscribe(self, msg: Dict[str, Any]) -> None:
+        self.client.subscriptions.discard(msg["run_id"])
+        self.reply({"type": "unsubscribed", "run_id": msg["run_id"]})
+
+
+default_handlers = [
+    (r"/ws", WebSocketHandler),
+]
