@@ -57,7 +57,7 @@ class Store:
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"storage root not found: {self.root}")
         try:
-            experiments = sorted(e for e in os.scandir(exp_root) if e.is_dir())
+            experiments = [e for e in os.scandir(exp_root) if e.is_dir()]
         except FileNotFoundError:
             return found  # an empty root: Themis creates experiments/ on first use
         for exp in sorted(experiments, key=lambda e: e.name):
