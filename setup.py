@@ -25,6 +25,9 @@ TEST_REQUIRES = [
     "pytest>=7.4",
     "pytest-tornado>=0.8.1",
     "websockets>=12.0",
+    # the packaging test builds a wheel without build isolation
+    "setuptools>=64",
+    "wheel>=0.40",
 ]
 
 setup(

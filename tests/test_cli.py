@@ -1,0 +1,189 @@
+"""The real process: command line, configuration errors, start-up, shutdown, packaging."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import snapshot_tree
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+
+def run_cli(*args, env=None, timeout=30):
+    return subprocess.run([PY, "-m", "themis_daemon", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+class Daemon:
+    """A `themis-daemon serve` child process on a free loopback port."""
+
+    def __init__(self, *args, env=None, cwd=REPO):
+        self.proc = subprocess.Popen(
+            [PY, "-m", "themis_daemon", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.port = None
+        self.lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        assert self.port, "daemon did not start: " + "".join(self.lines)
+
+    def get(self, path, headers=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def test_help_is_useful():
+    res = run_cli("--help")
+    assert res.returncode == 0 and "serve" in res.stdout
+    res = run_cli("serve", "--help")
+    assert res.returncode == 0
+    for flag in ("--port", "--host", "--storage", "--reload", "--config", "--log-level", "--poll-interval", "--demo"):
+        assert flag in res.stdout
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("server:\n  port: 99999\n", "server.port"),
+    ("server:\n  prot: 8080\n", "server.prot"),
+    ("monitor:\n  poll_interval: fast\n", "monitor.poll_interval"),
+    ("loging: {}\n", "loging"),
+    ("server: [\n", "invalid YAML"),
+])
+def test_bad_config_exits_2_with_one_line(tmp_path, text, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    res = run_cli("serve", "--config", str(cfg))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr
+
+
+def test_missing_config_file_and_bad_env(tmp_path):
+    res = run_cli("serve", "--config", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "not found" in res.stderr
+    res = run_cli("serve", env={"THEMIS_SERVER_PORT": "eighty"})
+    assert res.returncode == 2 and "THEMIS_SERVER_PORT" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_serve_answers_and_stops_cleanly(plain_store, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("monitor:\n  poll_interval: 0.2\nbenchmarks: [alpha, beta]\n")
+    before = snapshot_tree(plain_store)
+    d = Daemon("--storage", plain_store, "--config", str(cfg))
+    try:
+        assert d.get("/")[0] == 200
+        status, runs = d.get("/api/runs")
+        assert status == 200 and len(runs) == 5
+        assert d.get("/api/benchmarks") == (200, {"benchmarks": ["alpha", "beta"]})
+        status, ready = d.get("/readyz")
+        assert status == 200 and ready["status"] == "ready"
+    finally:
+        code = d.stop()
+    assert code == 0
+    assert snapshot_tree(plain_store) == before
+
+
+def test_env_and_flags_layering(plain_store, gzip_store, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"storage:\n  path: {gzip_store}\n")
+    # the file says gzip_store, the environment says plain_store: the environment wins
+    d = Daemon("--config", str(cfg), env={"THEMIS_STORAGE_PATH": plain_store})
+    try:
+        assert {r["run_id"] for r in d.get("/api/runs")[1]} >= {"fake-direct"}
+    finally:
+        d.stop()
+    # ...and the flag wins over both
+    d = Daemon("--config", str(cfg), "--storage", gzip_store, env={"THEMIS_STORAGE_PATH": plain_store})
+    try:
+        assert {r["run_id"] for r in d.get("/api/runs")[1]} == {"gz-direct", "gz-swapped", "gz-live"}
+    finally:
+        d.stop()
+
+
+def test_port_in_use_is_one_clear_line(plain_store):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = run_cli("serve", "--host", "127.0.0.1", "--port", str(port), "--storage", plain_store)
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and "already in use" in lines[0] and "Traceback" not in res.stderr
+
+
+def test_missing_storage_root_is_clear(tmp_path):
+    res = run_cli("serve", "--port", "0", "--storage", str(tmp_path / "nowhere"))
+    assert res.returncode == 2 and "storage root not found" in res.stderr
+
+
+def test_demo_mode_serves_bundled_store():
+    d = Daemon("--demo", "--poll-interval", "0.2")
+    try:
+        status, runs = d.get("/api/runs")
+        ids = {r["run_id"] for r in runs}
+        assert status == 200 and {"gz-direct", "fake-direct"} <= ids
+    finally:
+        assert d.stop() == 0
+
+
+def test_non_editable_install_finds_schemas_and_demo_store(tmp_path):
+    wheel_dir = tmp_path / "wheel"
+    res = subprocess.run([PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), REPO],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    wheel = next(wheel_dir.glob("themis_daemon-*.whl"))
+    target = tmp_path / "site"
+    res = subprocess.run([PY, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    probe = (
+        "import themis_daemon, json; from themis_daemon.validation import schema_dir, load_schema; "
+        "from themis_daemon.demo import bundled_stores; "
+        "print(json.dumps([themis_daemon.__file__, schema_dir(), sorted(load_schema('config')['properties']), bundled_stores()]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    res = subprocess.run([PY, "-c", probe], capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    mod_file, schemas, sections, stores = json.loads(res.stdout)
+    assert mod_file.startswith(str(target)) and schemas.startswith(str(target))
+    assert "server" in sections and all(s.startswith(str(target)) for s in stores)
+    for name in ("config", "ws_client_message", "compare_request"):
+        assert (target / "themis_daemon" / "schemas" / f"{name}.schema.json").is_file()
+    assert (target / "themis_daemon" / "demo" / "stores" / "themis-v1-gzip" / "experiments" / "default" / "runs"
+            / "gz-direct" / "generation" / "records.jsonl.gz").is_file()
