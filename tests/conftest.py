@@ -77,7 +77,8 @@ def app(store_root, app_settings):
 
 
 @pytest.fixture
-def base_url(http_port):
+def base_url(http_server, http_port):
+    """The URL of a real server on 127.0.0.1 serving the `app` fixture."""
     return f"http://127.0.0.1:{http_port}"
 
 

@@ -120,10 +120,25 @@ class Monitor:
         except Exception:  # the monitor must survive anything the storage throws at it
             log.exception("storage poll failed")
 
-    def refresh(self) -> "asyncio.Future[RefreshResult]":
-        """Start a refresh, or join the one already running, so polls never pile up."""
+    def refresh(self, after_now: bool = False) -> "asyncio.Future[RefreshResult]":
+        """Start a refresh, or join the one already running, so polls never pile up.
+
+        With `after_now`, the result reflects the disk as it is at call time: a refresh that
+        was already running may have scanned too early, so one more is chained after it.
+        """
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(self._refresh())
+        elif after_now:
+            previous = self._inflight
+
+            async def chained() -> RefreshResult:
+                try:
+                    await previous
+                except Exception:
+                    pass
+                return await self._refresh()
+
+            self._inflight = asyncio.ensure_future(chained())
         return self._inflight
 
     async def ensure_fresh(self) -> None:
@@ -142,7 +157,9 @@ class Monitor:
         first = not self._snapshot and self.ticks == 1
         new = {s["run_id"]: s for s in self.store.summaries()}
         events = [] if first else diff_events(self._snapshot, new, result.added, result.removed)
-        events.extend(self._stall_events(new))
+        stalled = self._stall_events(new)
+        if not first:  # runs already stalled at start-up are state, not news
+            events.extend(stalled)
         self._snapshot = new
         for listener in list(self.listeners):
             try:

@@ -183,7 +183,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def error(self, message: str, **extra: Any) -> None:
         self.reply({"type": "error", "message": message, **extra})
 
-    def on_message(self, raw: Any) -> None:
+    async def on_message(self, raw: Any) -> None:
         if isinstance(raw, bytes):
             try:
                 raw = raw.decode("utf-8")
@@ -207,6 +207,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             first = problems[0]
             self.error(f"Invalid {kind} message: {first['pointer'] or '/'}: {first['message']}", errors=problems)
             return
+        if kind == "subscribe":
+            # Answer from a scanned store, so a known run always gets its run_state.
+            await self.daemon.monitor.ensure_fresh()
         getattr(self, f"on_{kind}")(msg)
 
     def on_ping(self, msg: Dict[str, Any]) -> None:
@@ -221,7 +224,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             self.error(f"Too many subscriptions (limit {limit})", run_id=run_id)
             return
         client.subscriptions.add(run_id)
-        self.reply({"type": "subscribed", "run_id": run_id, "seq": hub.seq})
+        self.reply({"type": "subscribed", "run_id": run_id, "last_seq": hub.seq})
         since = msg.get("since")
         if since is not None:
             events, complete, oldest = hub.replay(run_id, since)
