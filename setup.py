@@ -57,6 +57,7 @@ setup(
         "scipy>=1.11",
         "jsonschema>=4.18",
         "pyyaml>=6.0",
+        "prometheus_client>=0.17",
     ],
     extras_require={"test": TEST_REQUIRES},
     entry_points={

@@ -12,13 +12,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, List, Optional, Tuple
 
+import tornado.httputil
 import tornado.web
 
+from .. import jsonutil
 from ..config import Settings, settings_from_kwargs
 from ..monitor import Monitor
 from ..storage import Store
-from . import health, runs
-from .base import NotFoundHandler
+from . import health, metrics, runs
+from .base import NotFoundHandler, problem
 
 log = logging.getLogger("themis_daemon")
 
@@ -97,9 +99,54 @@ class Daemon:
 
 
 def route_modules() -> List[Any]:
-    from . import compare, ws  # noqa: WPS433 - optional rooms wired when present
+    from . import compare, ws
 
-    return [health, runs, compare, ws]
+    return [health, runs, compare, ws, metrics]
+
+
+class _BodyLimit(tornado.httputil.HTTPMessageDelegate):
+    """Answers 413 from the headers alone, so an oversized body is never buffered.
+
+    Tornado's own max_body_size answers a bare 400; this keeps the JSON error contract. After
+    the response Tornado closes the connection instead of reading the rest of the body.
+    """
+
+    def __init__(self, inner: tornado.httputil.HTTPMessageDelegate, conn: Any, app: "ThemisApplication"):
+        self.inner, self.conn, self.app = inner, conn, app
+        self.rejected = False
+
+    def headers_received(self, start_line, headers):
+        limit = self.app.settings["daemon"].settings.server.max_body_size
+        length = headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            self.rejected = True
+            body = jsonutil.dumpb(problem(413, f"Request body too large: {length} bytes, the limit is {limit}"))
+            self.conn.write_headers(
+                tornado.httputil.ResponseStartLine("HTTP/1.1", 413, "Payload Too Large"),
+                tornado.httputil.HTTPHeaders({"Content-Type": "application/problem+json",
+                                              "Content-Length": str(len(body)), "Connection": "close"}),
+                body)
+            self.conn.finish()
+            return None
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk):
+        if not self.rejected:
+            return self.inner.data_received(chunk)
+        return None
+
+    def finish(self) -> None:
+        if not self.rejected:
+            self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        if not self.rejected:
+            self.inner.on_connection_close()
+
+
+class ThemisApplication(tornado.web.Application):
+    def start_request(self, server_conn: object, request_conn: tornado.httputil.HTTPConnection):
+        return _BodyLimit(super().start_request(server_conn, request_conn), request_conn, self)
 
 
 def create_app(storage_path: Optional[str] = None, *, store: Optional[Store] = None,
@@ -112,12 +159,14 @@ def create_app(storage_path: Optional[str] = None, *, store: Optional[Store] = N
 
     hub = Hub(conf.websocket)
     daemon = Daemon(conf, store=store, executor=executor, hub=hub, clock=clock)
+    daemon.metrics = metrics.Metrics(daemon)
     handlers: List[Tuple] = []
     for module in route_modules():
         handlers.extend(module.default_handlers)
-    app = tornado.web.Application(
+    app = ThemisApplication(
         handlers,
         daemon=daemon,
+        log_function=daemon.metrics.log_request,
         default_handler_class=NotFoundHandler,
         compress_response=True,
         websocket_ping_interval=conf.websocket.ping_interval or None,

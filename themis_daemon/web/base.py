@@ -8,6 +8,8 @@ import hmac
 import http.client
 import json
 import logging
+import re
+import uuid
 from typing import Any, Dict, Iterable, List, Optional
 
 import tornado.web
@@ -15,14 +17,34 @@ import tornado.web
 from .. import jsonutil
 
 log = logging.getLogger("themis_daemon.web")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def request_id(handler: Any) -> str:
+    """The caller's X-Request-Id when it is sane (so nginx's id flows through), else a new one."""
+    rid = getattr(handler, "_request_id", None)
+    if rid is None:
+        given = handler.request.headers.get("X-Request-Id", "")
+        rid = given if REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+        handler._request_id = rid
+    return rid
+
+
+def problem(status: int, detail: str, **extra: Any) -> Dict[str, Any]:
+    """An RFC 9457 problem-details body."""
+    body: Dict[str, Any] = {"type": "about:blank", "title": http.client.responses.get(status, "Error"),
+                            "status": status, "detail": detail}
+    body.update(extra)
+    return body
 
 
 class ApiError(tornado.web.HTTPError):
     """An error whose `detail` is shown to the client (HTTPError's log_message is not)."""
 
-    def __init__(self, status: int, detail: str, **extra: Any):
+    def __init__(self, status: int, detail: str, headers: Optional[Dict[str, str]] = None, **extra: Any):
         super().__init__(status, "%s", detail)
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -76,6 +98,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Request-Id", request_id(self))
         self._set_cors_headers()
 
     def _set_cors_headers(self) -> None:
@@ -121,8 +144,8 @@ class BaseHandler(tornado.web.RequestHandler):
             return
         given = request_key(self, allow_query)
         if given is None:
-            self.set_header("WWW-Authenticate", 'Bearer realm="themis-daemon"')
-            raise ApiError(401, "API key required: send it as X-API-Key or Authorization: Bearer")
+            raise ApiError(401, "API key required: send it as X-API-Key or Authorization: Bearer",
+                           headers={"WWW-Authenticate": 'Bearer realm="themis-daemon"'})
         if not key_matches(given, keys):
             raise ApiError(403, "Invalid API key")
 
@@ -160,16 +183,16 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         title = http.client.responses.get(status_code, "Error")
-        body: Dict[str, Any] = {"type": "about:blank", "title": title, "status": status_code}
         if isinstance(exc, ApiError):
-            body["detail"] = exc.detail
-            body.update(exc.extra)
+            body = problem(status_code, exc.detail, **exc.extra)
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            body["detail"] = exc.reason or title
+            body = problem(status_code, exc.reason or title)
         elif status_code >= 500:
-            body["detail"] = "Internal server error"
+            body = problem(status_code, "Internal server error", request_id=request_id(self))
         else:
-            body["detail"] = self._reason or title
+            body = problem(status_code, self._reason or title)
         self.set_header("Content-Type", "application/problem+json")
         self.clear_header("ETag")
         self.finish(jsonutil.dumpb(body))

@@ -1,0 +1,94 @@
+"""Prometheus metrics and the access log, both fed by Tornado's per-request log hook.
+
+A registry per application (not the global default) keeps several apps in one process, as in
+tests, from sharing counters. Gauges that mirror daemon state are read at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .base import BaseHandler, request_id
+
+access_log = logging.getLogger("tornado.access")
+
+
+class DaemonCollector:
+    """State gauges computed on scrape: runs by status, WebSocket clients, hub and poll figures."""
+
+    def __init__(self, daemon: Any):
+        self.daemon = daemon
+
+    def collect(self):
+        d = self.daemon
+        runs = GaugeMetricFamily("themis_runs", "Runs in the storage by status", labels=["status"])
+        counts: dict = {}
+        errors = 0
+        for s in d.store.summaries():
+            counts[s["status"]] = counts.get(s["status"], 0) + 1
+            errors += 1 if s.get("error") else 0
+        for status in ("in_progress", "completed", "failed", "cancelled", *sorted(set(counts) - {"in_progress", "completed", "failed", "cancelled"})):
+            runs.add_metric([status], counts.get(status, 0))
+        yield runs
+        yield GaugeMetricFamily("themis_runs_with_read_errors", "Runs whose files could not be read", value=errors)
+        hub = d.hub
+        yield GaugeMetricFamily("themis_ws_connections", "Open WebSocket connections", value=len(hub.clients))
+        yield GaugeMetricFamily("themis_ws_subscriptions", "WebSocket subscriptions", value=hub.subscriptions())
+        for key, help_text in (("events_published", "Run events published"), ("events_sent", "Run events sent to clients"),
+                               ("events_dropped", "Progress events dropped for slow clients"),
+                               ("events_coalesced", "Progress events replaced by newer ones"),
+                               ("clients_disconnected_slow", "Clients disconnected for not reading")):
+            yield CounterMetricFamily(f"themis_ws_{key}", help_text, value=hub.stats[key])
+        yield CounterMetricFamily("themis_poll_ticks", "Storage polls done", value=d.monitor.ticks)
+        yield GaugeMetricFamily("themis_poll_last_duration_seconds", "Duration of the last storage poll",
+                                value=d.monitor.last_tick_duration)
+        yield GaugeMetricFamily("themis_storage_ready", "1 once the first scan is done", value=1 if d.store.scanned else 0)
+
+
+class Metrics:
+    def __init__(self, daemon: Any):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("themis_http_requests", "HTTP requests", ["handler", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("themis_http_request_duration_seconds", "HTTP request latency", ["handler"],
+                                 registry=self.registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.poll = Histogram("themis_poll_duration_seconds", "Storage poll duration", registry=self.registry,
+                              buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+        self.registry.register(DaemonCollector(daemon))
+        daemon.monitor.listeners.append(lambda result: self.poll.observe(result.duration))
+
+    def log_request(self, handler: Any) -> None:
+        """Tornado's log_function: one access line with the request id, and the counters."""
+        status = handler.get_status()
+        duration = handler.request.request_time()
+        name = type(handler).__name__
+        self.requests.labels(name, handler.request.method, str(status)).inc()
+        self.latency.labels(name).observe(duration)
+        if status < 400:
+            log = access_log.info
+        elif status < 500:
+            log = access_log.warning
+        else:
+            log = access_log.error
+        log("%d %s %s (%s) %.2fms rid=%s", status, handler.request.method, handler.request.uri,
+            handler.request.remote_ip, duration * 1000, request_id(handler))
+
+
+class MetricsHandler(BaseHandler):
+    @property
+    def public(self) -> bool:  # type: ignore[override]
+        return self.config.auth.public_metrics
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(self.daemon.metrics.registry))
+
+
+default_handlers = [
+    (r"/metrics", MetricsHandler),
+]
