@@ -229,3 +229,74 @@ async def test_websockets_library_client(base_url, store_root):
         while "run_completed" not in kinds and time.monotonic() < deadline:
             kinds.append(json.loads(await asyncio.wait_for(ws.recv(), 5))["type"])
         assert kinds[0] == "run_started" and kinds[-1] == "run_completed"
+
+
+class TestLimitsAndStalls:
+    @pytest.fixture
+    def app_settings(self):
+        return {"poll_interval": 0.05, "stalled_after": 0.3, "max_subscriptions": 3,
+                "max_message_size": 512, "replay_buffer": 5}
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_stalled_run_is_reported_once(self, base_url, store_root):
+        conn = await connect(base_url)
+        await send(conn, {"type": "subscribe", "run_id": "slowpoke"})
+        await recv(conn)
+        writer = ThemisRunWriter(store_root, "slowpoke", dataset=make_arith_dataset(10), eval_batch=5)
+        writer.start()
+        writer.step(2)
+        msgs = await recv_until(conn, lambda m: m.get("type") == "run_stalled")
+        assert msgs[-1]["idle_seconds"] >= 0.3 and msgs[-1]["data"]["status"] == "in_progress"
+        writer.step(2)  # moving again, then completing: no second stall before the final event
+        writer.complete()
+        msgs = await recv_until(conn, lambda m: m.get("type") == "run_completed")
+        assert "run_stalled" not in [m["type"] for m in msgs]
+        conn.close()
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_subscription_cap_and_message_size(self, base_url):
+        conn = await connect(base_url)
+        for i in range(3):
+            await send(conn, {"type": "subscribe", "run_id": f"r{i}"})
+            assert (await recv(conn))["type"] == "subscribed"
+        await send(conn, {"type": "subscribe", "run_id": "r3"})
+        err = await recv(conn)
+        assert err["type"] == "error" and "limit 3" in err["message"]
+        await conn.write_message(json.dumps({"type": "ping", "pad": "x" * 2000}))
+        assert await asyncio.wait_for(conn.read_message(), 5) is None
+        assert conn.close_code == 1009
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_replay_says_when_the_buffer_is_too_short(self, base_url, daemon):
+        for i in range(20):  # final-type events: never coalesced, so each one is replayed
+            daemon.hub.publish({"type": "run_completed", "run_id": "busy", "data": {"run_id": "busy", "i": i}})
+        conn = await connect(base_url)
+        await send(conn, {"type": "subscribe", "run_id": "busy", "since": 2})
+        assert (await recv(conn))["type"] == "subscribed"
+        gap = await recv(conn)
+        assert gap["type"] == "replay_incomplete" and gap["oldest_seq"] == daemon.hub.seq - 4
+        replayed = [await recv(conn) for _ in range(5)]
+        assert [m["seq"] for m in replayed] == list(range(daemon.hub.seq - 4, daemon.hub.seq + 1))
+        conn.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_monitor_survives_storage_root_vanishing(base_url, store_root, daemon, http_client):
+    conn = await connect(base_url)
+    await send(conn, {"type": "subscribe", "run_id": "*"})
+    await recv(conn)
+    moved = store_root + ".away"
+    os.rename(store_root, moved)
+    await asyncio.sleep(0.3)
+    resp = await http_client.fetch(base_url + "/api/runs")
+    assert len(json.loads(resp.body)) == 3  # last known state is still served
+    ready = await http_client.fetch(base_url + "/readyz", raise_error=False)
+    assert ready.code == 503
+    os.rename(moved, store_root)
+    writer = ThemisRunWriter(store_root, "after-outage", dataset=make_arith_dataset(5), eval_batch=5)
+    writer.start()
+    writer.step(5)
+    writer.complete()
+    msgs = await recv_until(conn, lambda m: m.get("type") == "run_completed" and m["run_id"] == "after-outage")
+    assert msgs[-1]["data"]["generated"] == 5
+    conn.close()

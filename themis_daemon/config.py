@@ -53,7 +53,7 @@ class MonitorSettings:
 @dataclass
 class WebSocketSettings:
     ping_interval: float = 30.0
-    ping_timeout: float = 60.0
+    ping_timeout: float = 20.0
     max_message_size: int = 65_536
     max_subscriptions: int = 256
     max_connections: int = 10_000
