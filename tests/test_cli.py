@@ -157,6 +157,17 @@ def test_demo_mode_serves_bundled_store():
         status, runs = d.get("/api/runs")
         ids = {r["run_id"] for r in runs}
         assert status == 200 and {"gz-direct", "fake-direct"} <= ids
+        # the demo writer adds a live run that moves
+        seen = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            live = [r for r in d.get("/api/runs")[1] if r["run_id"].startswith("demo-")]
+            if live:
+                seen.append(live[0]["generated"])
+                if len(set(seen)) >= 2:
+                    break
+            time.sleep(0.3)
+        assert len(set(seen)) >= 2, seen
     finally:
         assert d.stop() == 0
 
