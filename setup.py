@@ -58,6 +58,7 @@ setup(
         "jsonschema>=4.18",
         "pyyaml>=6.0",
         "prometheus_client>=0.17",
+        "orjson>=3.9",
     ],
     extras_require={"test": TEST_REQUIRES},
     entry_points={

@@ -6,14 +6,16 @@ state is updated from appended units only; derived views are rebuilt lazily per 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
+import sys
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -43,18 +45,30 @@ def _resolve(path_base: str) -> Tuple[str, bool]:
     return path_base, False
 
 
-@dataclass
-class GenRecord:
-    unit: Unit
-    ok: bool
-    error: Optional[str]
+_IN_WORKER = multiprocessing.current_process().name != "MainProcess"
 
 
-@dataclass
-class EvalRecord:
-    sample_id: Any
-    scores: Dict[str, float]
-    failures: int
+def digest(key: str) -> bytes:
+    """A compact dictionary key for a long cache key (collisions at 2**-64 are not a concern)."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+# Compact per-line state, as plain tuples (a store holds hundreds of thousands of them):
+#   generation: digest(cache key) -> (offset, length, index, ok)
+#   task:       digest(task key)  -> (offset, length, index, dataset id or None)
+#   evaluation: digest(eval key)  -> (generation digest, sample id or None, metric names, values,
+#                                     generation key if it is needed as the sample id else None)
+_NAMES: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
+
+
+def _shared_names(names: Tuple[str, ...]) -> Tuple[str, ...]:
+    """One tuple object per distinct metric-name list, shared by every evaluation line."""
+    got = _NAMES.get(names)
+    if got is None:
+        if len(_NAMES) > 10_000:
+            _NAMES.clear()
+        got = _NAMES[names] = tuple(sys.intern(n) for n in names)
+    return got
 
 
 @dataclass
@@ -62,16 +76,15 @@ class Sample:
     """A sample as users see it: one dataset row, whatever number of evaluation lines it has."""
 
     id: Any
-    eval_keys: List[Tuple[str, str]] = field(default_factory=list)  # (eval_id, eval key)
-    gen_key: Optional[str] = None
+    gen: Optional[bytes] = None  # digest of the linked generation record
+    scores: Dict[str, List[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class View:
-    """An immutable snapshot of a run's derived data, safe to share between threads."""
+    """An immutable snapshot of a run's samples, built on demand and safe to share."""
 
     version: int
-    summary: Dict[str, Any]
     samples: List[Sample]
     scores: Dict[str, Dict[Any, List[float]]]
     per_sample: List[Dict[str, float]]
@@ -102,11 +115,12 @@ class RunState:
         self._records: Optional[JsonlTail] = None
         self._tasks: Optional[JsonlTail] = None
         self._evals: Dict[str, JsonlTail] = {}
-        self.gen: Dict[str, GenRecord] = {}
-        self.tasks: Dict[str, Tuple[Unit, Any]] = {}  # task key -> (unit, dataset id or None)
+        self.gen: Dict[bytes, tuple] = {}
+        self.tasks: Dict[bytes, tuple] = {}
         self._tasks_wanted = False
-        self.evals: Dict[str, "OrderedDict[str, EvalRecord]"] = {}
+        self.evals: Dict[str, Dict[bytes, tuple]] = {}
         self.last_change = time.time()  # wall clock of the newest file change seen
+        self._summary: Optional[Tuple[int, Dict[str, Any]]] = None
         self._view: Optional[View] = None
 
     # ------------------------------------------------------------------ reading
@@ -130,13 +144,27 @@ class RunState:
             if error != self.error:
                 self.error = error
                 changed = True
-                if error and error not in self._logged_errors:
-                    self._logged_errors.add(error)
-                    log.warning("run %r: %s", self.run_id, error)
+                self.log_pending()
             if changed:
                 self.version += 1
                 self.last_change = self._newest_mtime() or time.time()
             return changed
+
+    def log_pending(self) -> None:
+        """Log the current read error once (a worker process's log would be lost)."""
+        if self.error and self.error not in self._logged_errors and not _IN_WORKER:
+            self._logged_errors.add(self.error)
+            log.warning("run %r: %s", self.run_id, self.error)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["lock"]
+        state["_view"] = None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
 
     def _newest_mtime(self) -> Optional[float]:
         """Newest modification among the files read: a killed writer shows as an old value."""
@@ -214,16 +242,15 @@ class RunState:
         reset, objs = tail.read_new()
         if reset:
             self.gen = {}
+        gen = self.gen
         for unit, obj in objs:
             if not isinstance(obj, dict) or is_header(obj):
                 continue
             key = obj.get("cache_key") or obj.get("task_key")
             if not isinstance(key, str):
                 continue
-            err = obj.get("error")
-            ok = obj.get("output") is not None and not err
-            msg = err.get("message") if isinstance(err, dict) else (str(err) if err else None)
-            self.gen[key] = GenRecord(unit, ok, msg)
+            ok = obj.get("output") is not None and not obj.get("error")
+            gen[digest(key)] = (unit.offset, unit.length, unit.index, ok)
         return bool(objs) or reset
 
     def _refresh_tasks(self) -> bool:
@@ -246,7 +273,7 @@ class RunState:
                 continue
             task = obj.get("task") if isinstance(obj.get("task"), dict) else {}
             md = task.get("metadata") if isinstance(task.get("metadata"), dict) else {}
-            self.tasks[key] = (unit, md.get("dataset_id"))
+            self.tasks[digest(key)] = (unit.offset, unit.length, unit.index, md.get("dataset_id"))
         return bool(objs) or reset
 
     def _refresh_evaluations(self) -> bool:
@@ -264,9 +291,9 @@ class RunState:
                 continue
             if tail is not self._evals.get(eval_id):
                 self._evals[eval_id] = tail
-                self.evals[eval_id] = OrderedDict()
+                self.evals[eval_id] = {}
             reset, objs = tail.read_new()
-            table = self.evals.setdefault(eval_id, OrderedDict())
+            table = self.evals.setdefault(eval_id, {})
             if reset:
                 table.clear()
             for _unit, obj in objs:
@@ -276,18 +303,28 @@ class RunState:
                 ev = obj.get("evaluation")
                 if not isinstance(key, str) or not isinstance(ev, dict):
                     continue
-                scores: Dict[str, float] = {}
-                for s in ev.get("scores") or ():
-                    if not isinstance(s, dict):
+                names: List[str] = []
+                values: List[float] = []
+                for sc in ev.get("scores") or ():
+                    if not isinstance(sc, dict):
                         continue
-                    name, value = s.get("metric_name"), s.get("value")
+                    name, value = sc.get("metric_name"), sc.get("value")
                     if isinstance(name, str) and isinstance(value, (int, float)):
-                        scores[name] = float(value)
+                        if name in names:  # a repeated metric in one line: the last value wins
+                            values[names.index(name)] = float(value)
+                        else:
+                            names.append(name)
+                            values.append(float(value))
                 sid = ev.get("sample_id")
+                gen_key = generation_key(key)
+                fallback = None
                 if sid is None or sid == "" or sid is False:
                     self._tasks_wanted = True  # the id has to come from the linked task
-                    sid = None
-                table[key] = EvalRecord(sid, scores, len(ev.get("failures") or ()))
+                    sid, fallback = None, gen_key
+                k = digest(key)
+                if k in table:
+                    del table[k]  # a re-written line moves to where it was last seen
+                table[k] = (digest(gen_key), sid, _shared_names(tuple(names)), tuple(values), fallback)
             changed |= bool(objs) or reset
         return changed
 
@@ -301,54 +338,79 @@ class RunState:
 
     # ------------------------------------------------------------------ derived views
 
+    def summary(self) -> Dict[str, Any]:
+        """The run summary, rebuilt only when the run changed."""
+        with self.lock:
+            if self._summary is None or self._summary[0] != self.version:
+                self._summary = (self.version, self._build_summary())
+            return self._summary[1]
+
     def view(self) -> View:
+        """Per-sample data for details and comparisons, built on demand."""
         with self.lock:
             if self._view is None or self._view.version != self.version:
                 self._view = self._build_view()
             return self._view
 
-    def _sample_key(self, eval_key: str, rec: EvalRecord) -> Tuple[Any, str]:
-        gen_key = generation_key(eval_key)
-        if rec.sample_id is not None:
-            return rec.sample_id, gen_key
-        task = self.tasks.get(gen_key)
-        if task is not None and task[1] is not None and task[1] != "":
-            return task[1], gen_key
-        return gen_key, gen_key
+    def drop_view(self) -> None:
+        """Free the per-sample view; the store keeps only a few of them alive."""
+        with self.lock:
+            self._view = None
+
+    def _sample_id(self, rec: tuple) -> Any:
+        if rec[1] is not None:
+            return rec[1]
+        task = self.tasks.get(rec[0])
+        if task is not None and task[3] is not None and task[3] != "":
+            return task[3]
+        return rec[4]
+
+    def _grouped(self):
+        """Evaluation lines grouped by sample, in order of first appearance."""
+        samples: Dict[Tuple[str, Any], Sample] = {}
+        for table in self.evals.values():
+            for rec in table.values():
+                sid = self._sample_id(rec)
+                skey = (type(sid).__name__, sid)  # 1 and "1" are different samples
+                smp = samples.get(skey)
+                if smp is None:
+                    smp = samples[skey] = Sample(sid)
+                if rec[0] in self.gen or smp.gen is None:
+                    smp.gen = rec[0]
+                for name, value in zip(rec[2], rec[3]):
+                    smp.scores.setdefault(name, []).append(value)
+        return samples
+
+    def _build_summary(self) -> Dict[str, Any]:
+        sums: Dict[str, List[float]] = {}
+        samples = self._grouped()
+        for smp in samples.values():
+            for name, values in smp.scores.items():
+                mean = _finite_mean(values)
+                if mean is not None:
+                    sums.setdefault(name, []).append(mean)
+        metrics = {name: math.fsum(v) / len(v) for name, v in sums.items()}
+        return self._summary_dict(len(samples), metrics)
 
     def _build_view(self) -> View:
-        samples: "OrderedDict[Any, Sample]" = OrderedDict()
+        samples = list(self._grouped().values())
         scores: Dict[str, Dict[Any, List[float]]] = {}
-        for eval_id, table in self.evals.items():
-            for key, rec in table.items():
-                sid, gen_key = self._sample_key(key, rec)
-                skey = (type(sid).__name__, sid)  # 1 and "1" are different samples
-                s = samples.get(skey)
-                if s is None:
-                    s = samples[skey] = Sample(sid)
-                s.eval_keys.append((eval_id, key))
-                if gen_key in self.gen or s.gen_key is None:
-                    s.gen_key = gen_key
-                for name, value in rec.scores.items():
-                    scores.setdefault(name, {}).setdefault(sid, []).append(value)
         per_sample: List[Dict[str, float]] = []
-        for s in samples.values():
-            merged: Dict[str, List[float]] = {}
-            for eval_id, key in s.eval_keys:
-                for name, value in self.evals[eval_id][key].scores.items():
-                    merged.setdefault(name, []).append(value)
-            per_sample.append({n: (sum(v) / len(v)) for n, v in merged.items()})
-        metrics: Dict[str, Optional[float]] = {}
-        for name, by_sample in scores.items():
-            means = [m for m in (_finite_mean(v) for v in by_sample.values()) if m is not None]
-            metrics[name] = math.fsum(means) / len(means) if means else None
-        return View(self.version, self._summary(len(samples), metrics), list(samples.values()), scores, per_sample)
+        for smp in samples:
+            per_sample.append({n: sum(v) / len(v) for n, v in smp.scores.items()})
+            for name, values in smp.scores.items():
+                scores.setdefault(name, {}).setdefault(smp.id, []).extend(values)
+        return View(self.version, samples, scores, per_sample)
 
-    def _summary(self, evaluated: int, metrics: Dict[str, Optional[float]]) -> Dict[str, Any]:
+    def _summary_dict(self, evaluated: int, metrics: Dict[str, float]) -> Dict[str, Any]:
         meta = self.meta or {}
-        status = meta.get("status") if meta.get("status") in STATUSES else ("unknown" if self.meta is None else str(meta.get("status")))
+        raw_status = meta.get("status")
+        if self.meta is None:
+            status = "unknown"
+        else:
+            status = raw_status if raw_status in STATUSES else str(raw_status)
         generated = len(self.gen)
-        failed = sum(1 for g in self.gen.values() if not g.ok)
+        failed = sum(1 for g in self.gen.values() if not g[3])
         expected = self.expected
         if status == "completed":
             progress: Optional[float] = 1.0
@@ -361,7 +423,7 @@ class RunState:
             "experiment_id": self.experiment_id,
             "status": status,
             "num_samples": evaluated,
-            "metrics": {k: v for k, v in metrics.items() if v is not None},
+            "metrics": metrics,
             "created_at": meta.get("created_at"),
             "updated_at": meta.get("updated_at"),
             "completed_at": meta.get("completed_at"),
@@ -384,8 +446,8 @@ class RunState:
         per_sample = view.per_sample[start:stop]
         with self.lock:
             records_tail, tasks_tail = self._records, self._tasks
-            rec_units = [self.gen[s.gen_key].unit if s.gen_key in self.gen else None for s in chosen]
-            task_units = [self.tasks[s.gen_key][0] if s.gen_key in self.tasks else None for s in chosen]
+            rec_units = [Unit(*self.gen[s.gen][:3]) if s.gen in self.gen else None for s in chosen]
+            task_units = [Unit(*self.tasks[s.gen][:3]) if s.gen in self.tasks else None for s in chosen]
         prompts = _load(tasks_tail, task_units)
         records = _load(records_tail, rec_units)
         out = []

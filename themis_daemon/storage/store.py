@@ -7,9 +7,12 @@ SQLite index is never needed and never opened. Nothing here writes to the root.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
 import time
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -18,8 +21,22 @@ from .run import RunState, View
 log = logging.getLogger("themis_daemon.storage")
 
 
+PARALLEL_MIN_RUNS = 16  # below this, starting worker processes costs more than it saves
+
+
 class RunNotFound(KeyError):
     pass
+
+
+def _scan_runs(items: List[tuple]) -> Dict[str, RunState]:
+    """First read of some runs (module level so worker processes can run it)."""
+    out = {}
+    for run_id, path, exp_id in items:
+        state = RunState(path, run_id, exp_id)
+        state.refresh()
+        state.summary()
+        out[run_id] = state
+    return out
 
 
 @dataclass
@@ -38,8 +55,13 @@ class Store:
     only see fully built, immutable views.
     """
 
-    def __init__(self, root: str, *, clock: Callable[[], float] = time.time):
+    def __init__(self, root: str, *, clock: Callable[[], float] = time.time, max_views: int = 16,
+                 scan_workers: Optional[int] = None):
         self.root = os.path.abspath(root)
+        self.scan_workers = scan_workers if scan_workers is not None else (os.cpu_count() or 1)
+        self.max_views = max_views
+        self._views: "OrderedDict[str, RunState]" = OrderedDict()
+        self._views_lock = threading.Lock()
         self.clock = clock
         self._runs: Dict[str, RunState] = {}  # replaced, never mutated, so readers need no lock
         self._refresh_lock = threading.Lock()
@@ -97,19 +119,20 @@ class Store:
                 if run_id not in found or found[run_id][0] != runs[run_id].dir:
                     del runs[run_id]
                     res.removed.append(run_id)
+            new = [(run_id, path, exp_id) for run_id, (path, exp_id) in found.items() if run_id not in runs]
+            fresh = self._scan_new(new)
             for run_id, (path, exp_id) in found.items():
                 state = runs.get(run_id)
                 if state is None:
-                    state = RunState(path, run_id, exp_id)
-                    state.refresh()
+                    state = fresh[run_id]
                     if state.meta is None and state.error is None:
                         continue  # metadata.json is being written; pick it up next time
                     runs[run_id] = state
                     res.added.append(run_id)
-                    state.view()  # build the summary here, off the caller's event loop
+                    state.summary()  # build the summary here, off the caller's event loop
                 elif state.refresh():
                     res.changed.append(run_id)
-                    state.view()
+                    state.summary()
             if res.added or res.removed or res.changed:
                 self.generation += 1
             self._runs = runs
@@ -117,6 +140,24 @@ class Store:
             self.last_refresh = self.clock()
         res.duration = time.perf_counter() - start
         return res
+
+    def _scan_new(self, new: List[tuple]) -> Dict[str, RunState]:
+        """Read runs seen for the first time; a large batch (the cold start) uses every core."""
+        workers = min(self.scan_workers, len(new) // PARALLEL_MIN_RUNS)
+        if workers >= 2:
+            try:
+                ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
+                with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                    chunks = [new[i::workers] for i in range(workers)]
+                    out: Dict[str, RunState] = {}
+                    for part in pool.map(_scan_runs, chunks):
+                        out.update(part)
+                    for state in out.values():
+                        state.log_pending()
+                    return out
+            except (OSError, RuntimeError) as exc:  # e.g. no /dev/shm: fall back to one core
+                self._log_once(f"parallel scan unavailable ({exc}); scanning on one core")
+        return _scan_runs(new)
 
     def _log_once(self, message: str) -> None:
         if message not in self._logged:
@@ -138,25 +179,37 @@ class Store:
             raise RunNotFound(run_id) from None
 
     def view(self, run_id: str) -> View:
-        return self.get(run_id).view()
+        """Per-sample data of a run; only the most recently used few are kept in memory."""
+        state = self.get(run_id)
+        with self._views_lock:
+            self._views.pop(run_id, None)
+            self._views[run_id] = state
+            while len(self._views) > self.max_views:
+                _, old = self._views.popitem(last=False)
+                old.drop_view()
+        return state.view()
 
     def summaries(self) -> List[Dict[str, Any]]:
         """Summaries of every run, newest first (string order of created_at, as Themis sorts)."""
-        items = [state.view().summary for state in self._runs.values()]
+        items = [state.summary() for state in self._runs.values()]
         items.sort(key=lambda s: (s.get("created_at") or "", s["run_id"]), reverse=True)
         return items
 
     def summary(self, run_id: str) -> Dict[str, Any]:
-        return self.view(run_id).summary
+        return self.get(run_id).summary()
 
     def detail(self, run_id: str, offset: int = 0, limit: Optional[int] = None) -> Dict[str, Any]:
         """The run detail; sample text is loaded from disk for the requested page only."""
+        return self.detail_versioned(run_id, offset, limit)[0]
+
+    def detail_versioned(self, run_id: str, offset: int = 0, limit: Optional[int] = None):
+        """The detail and the run version it shows, so callers can cache it under that version."""
         state = self.get(run_id)
         state.want_tasks()
-        view = state.view()
+        view = self.view(run_id)
         stop = None if limit is None else offset + limit
         samples = state.load_samples(view, offset, stop)
-        out = dict(view.summary)
+        out = dict(state.summary())
         out["samples"] = samples
         out["samples_total"] = len(view.samples)
         meta = state.meta or {}
@@ -166,7 +219,7 @@ class Store:
             "completed_at": meta.get("completed_at"),
             "config_snapshot": meta.get("config_snapshot"),
         }
-        return out
+        return out, view.version
 
     def scores(self, run_id: str) -> Dict[str, Dict[Any, List[float]]]:
         """Per metric, per sample id, the score values (one per evaluation line)."""

@@ -89,17 +89,17 @@ class RunHandler(CachedBodyMixin, BaseHandler):
         limit = self.query_int("samples_limit", None, 0, MAX_PAGE)
         await self.daemon.monitor.ensure_fresh()
         state = self._state(run_id)
-        key = ("run", run_id, state.version, offset, limit)
-        hit = self.daemon.cache.get(key)
+        hit = self.daemon.cache.get(("run", run_id, state.version, offset, limit))
         if hit is None:
             loop = asyncio.get_running_loop()
-            body = await loop.run_in_executor(self.daemon.executor, self._render, run_id, offset, limit)
+            body, version = await loop.run_in_executor(self.daemon.executor, self._render, run_id, offset, limit)
             hit = (body, _etag(body))
-            self.daemon.cache.put(key, hit)
+            self.daemon.cache.put(("run", run_id, version, offset, limit), hit)
         self.send_cached(*hit)
 
-    def _render(self, run_id: str, offset: int, limit: Optional[int]) -> bytes:
-        return jsonutil.dumpb(self.daemon.store.detail(run_id, offset, limit))
+    def _render(self, run_id: str, offset: int, limit: Optional[int]) -> Tuple[bytes, int]:
+        detail, version = self.daemon.store.detail_versioned(run_id, offset, limit)
+        return jsonutil.dumpb(detail), version
 
     def _state(self, run_id: str):
         try:
