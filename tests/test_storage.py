@@ -264,3 +264,19 @@ def test_reader_never_writes(plain_store, gzip_store):
             store.scores(run_id)
         store.refresh()
     assert (snapshot_tree(plain_store), snapshot_tree(gzip_store)) == before
+
+
+def test_parallel_cold_scan_matches_serial(tmp_path):
+    from themis_daemon.demo.writer import write_completed_run
+
+    root = str(tmp_path / "many")
+    for i in range(34):
+        write_completed_run(root, f"run-{i:02d}", 6, seed=i, status="failed" if i % 7 == 0 else "completed")
+    serial, parallel = Store(root, scan_workers=1), Store(root, scan_workers=2)
+    serial.refresh()
+    parallel.refresh()
+    assert len(parallel.run_ids()) == 34
+    assert parallel.summaries() == serial.summaries()
+    assert parallel.detail("run-03") == serial.detail("run-03")
+    # the states that came back from worker processes keep following their files
+    assert parallel.refresh().changed == []
