@@ -280,3 +280,32 @@ def test_parallel_cold_scan_matches_serial(tmp_path):
     assert parallel.detail("run-03") == serial.detail("run-03")
     # the states that came back from worker processes keep following their files
     assert parallel.refresh().changed == []
+
+
+def test_quiet_finished_runs_are_cheap_but_changes_are_seen(plain_store, monkeypatch):
+    from themis_daemon.storage import store as store_mod
+
+    monkeypatch.setattr(run_mod, "QUIET_AFTER_S", 0.0)  # every finished fixture run counts as quiet
+    store = Store(plain_store)
+    store.refresh()
+    # a status change shows at the next refresh (one stat of metadata.json per quiet run)
+    meta_path = run_path(plain_store, "fake-terse", "metadata.json")
+    doc = json.load(open(meta_path))
+    doc["status"] = "failed"
+    doc["error_message"] = "late failure"
+    with open(meta_path, "w") as fh:
+        json.dump(doc, fh, indent=2)
+    assert "fake-terse" in store.refresh().changed
+    assert store.summary("fake-terse")["status"] == "failed"
+    # a resume appends records without touching metadata.json: seen within one round of passes
+    rec = run_path(plain_store, "fake-direct", "generation", "records.jsonl")
+    extra = json.loads(lines(rec)[1])
+    extra["cache_key"] = extra["task_key"] = extra["cache_key"].replace("k2::q01::", "k2::q99::")
+    with open(rec, "ab") as fh:
+        fh.write(json.dumps(extra).encode() + b"\n")
+    seen = False
+    for _ in range(store_mod.FULL_PASS_EVERY):
+        if "fake-direct" in store.refresh().changed:
+            seen = True
+            break
+    assert seen and store.summary("fake-direct")["generated"] == 21

@@ -37,6 +37,10 @@ def generation_key(eval_key: str) -> str:
     return eval_key[: m.start()] if m else eval_key
 
 
+QUIET_AFTER_S = 60.0  # a finished run untouched this long gets the cheap check between full passes
+RESOLVE_EVERY = 30  # full passes between re-checks of which of X.jsonl / X.jsonl.gz to read
+
+
 def _resolve(path_base: str) -> Tuple[str, bool]:
     """Themis reads X.jsonl.gz when it exists, else X.jsonl."""
     gz = path_base + ".gz"
@@ -122,12 +126,43 @@ class RunState:
         self.last_change = time.time()  # wall clock of the newest file change seen
         self._summary: Optional[Tuple[int, Dict[str, Any]]] = None
         self._view: Optional[View] = None
+        self._meta_path = os.path.join(run_dir, "metadata.json")
+        self._dataset_path: Optional[str] = None
+        self._resolved: Dict[str, Tuple[str, bool]] = {}  # path base -> (path, gz), cached
+        self._evals_dir_sig: Optional[int] = None
+        self._eval_ids: List[str] = []
+        self._full_passes = 0
+        self.gone = False  # metadata.json vanished: the folder is no longer a run
 
     # ------------------------------------------------------------------ reading
 
-    def refresh(self) -> bool:
-        """Bring the state up to date with the folder; True when anything changed."""
+    def quiet(self, now: float) -> bool:
+        """Finished and untouched for a while: such runs are checked cheaply between full polls."""
+        status = (self.meta or {}).get("status")
+        return status in FINAL_STATUSES and self.error is None and now - self.last_change > QUIET_AFTER_S
+
+    def _light_check(self) -> bool:
+        """One stat of metadata.json, rewritten at every status change; True when a full
+        refresh is needed. (A resume first shows in the dataset file, which full passes see.)"""
+        try:
+            st = os.stat(self._meta_path)
+        except OSError:
+            return True
+        return (st.st_size, st.st_mtime_ns) != self._meta_sig
+
+    def refresh(self, full: bool = True) -> bool:
+        """Bring the state up to date with the folder; True when anything changed.
+
+        With `full=False` a quiet finished run costs one stat call, which keeps a poll of a
+        store with thousands of old runs cheap; the caller still asks for a full pass now and
+        then, so nothing is missed for long.
+        """
         with self.lock:
+            if not full and self.quiet(time.time()) and not self._light_check():
+                return False
+            self._full_passes += 1
+            if self._full_passes % RESOLVE_EVERY == 0:
+                self._resolved.clear()  # notice a .gz appearing next to a plain file
             changed = False
             errors: List[str] = []
             for step in (self._refresh_metadata, self._refresh_dataset, self._refresh_records,
@@ -176,8 +211,13 @@ class RunState:
         return max(stamps) / 1e9 if stamps else None
 
     def _refresh_metadata(self) -> bool:
-        path = os.path.join(self.dir, "metadata.json")
-        st = os.stat(path)
+        path = self._meta_path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self.gone = True
+            raise
+        self.gone = False
         sig = (st.st_size, st.st_mtime_ns)
         if sig == self._meta_sig:
             return False
@@ -204,10 +244,13 @@ class RunState:
         return False
 
     def _refresh_dataset(self) -> bool:
-        path, gz = _resolve(os.path.join(self.dir, "generation", "dataset.jsonl"))
+        path, gz = self._resolve_cached(os.path.join(self.dir, "generation", "dataset.jsonl"))
         try:
             st = os.stat(path)
+            self._dataset_path = path
         except FileNotFoundError:
+            self._resolved.clear()
+            self._dataset_path = None
             if self.expected is not None:
                 self.expected, self._dataset_sig = None, None
                 return True
@@ -224,8 +267,16 @@ class RunState:
             return True
         return False
 
+    def _resolve_cached(self, base: str) -> Tuple[str, bool]:
+        got = self._resolved.get(base)
+        if got is None:
+            got = _resolve(base)
+            if os.path.exists(got[0]):
+                self._resolved[base] = got  # only existing files are remembered
+        return got
+
     def _tail(self, current: Optional[JsonlTail], base: str) -> Optional[JsonlTail]:
-        path, gz = _resolve(base)
+        path, gz = self._resolve_cached(base)
         if current is not None and current.path == path:
             return current
         if not os.path.exists(path):
@@ -279,11 +330,18 @@ class RunState:
     def _refresh_evaluations(self) -> bool:
         base = os.path.join(self.dir, "evaluations")
         try:
-            eval_ids = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+            dir_sig = os.stat(base).st_mtime_ns
         except (FileNotFoundError, NotADirectoryError):
-            eval_ids = []
-        # "default" first: it is what evaluate() writes and what the original server reads.
-        eval_ids.sort(key=lambda e: (e != "default", e))
+            dir_sig = None
+        if dir_sig != self._evals_dir_sig or dir_sig is None:
+            try:
+                found = [e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith(".")]
+            except (FileNotFoundError, NotADirectoryError):
+                found = []
+            # "default" first: it is what evaluate() writes and what the original server reads.
+            self._eval_ids = sorted(found, key=lambda e: (e != "default", e))
+            self._evals_dir_sig = dir_sig
+        eval_ids = self._eval_ids
         changed = False
         for eval_id in eval_ids:
             tail = self._tail(self._evals.get(eval_id), os.path.join(base, eval_id, "evaluation.jsonl"))

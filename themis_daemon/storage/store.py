@@ -21,6 +21,7 @@ from .run import RunState, View
 log = logging.getLogger("themis_daemon.storage")
 
 
+FULL_PASS_EVERY = 10  # a quiet finished run is fully re-checked every n-th refresh
 PARALLEL_MIN_RUNS = 16  # below this, starting worker processes costs more than it saves
 
 
@@ -65,6 +66,7 @@ class Store:
         self.clock = clock
         self._runs: Dict[str, RunState] = {}  # replaced, never mutated, so readers need no lock
         self._refresh_lock = threading.Lock()
+        self._passes = 0
         self.generation = 0  # bumps whenever any run changes, appears or vanishes
         self.scanned = False  # True once the first complete scan finished
         self.last_refresh: Optional[float] = None
@@ -90,7 +92,9 @@ class Store:
             for entry in entries:
                 if entry.name.startswith(".") or not entry.is_dir():
                     continue
-                if not os.path.isfile(os.path.join(entry.path, "metadata.json")):
+                known = self._runs.get(entry.name)
+                if (known is None or known.dir != entry.path) and \
+                        not os.path.isfile(os.path.join(entry.path, "metadata.json")):
                     continue  # lock-only folders left by runs started elsewhere
                 if entry.name in found:
                     self._log_once(f"duplicate run id {entry.name!r} in experiments "
@@ -121,18 +125,27 @@ class Store:
                     res.removed.append(run_id)
             new = [(run_id, path, exp_id) for run_id, (path, exp_id) in found.items() if run_id not in runs]
             fresh = self._scan_new(new)
-            for run_id, (path, exp_id) in found.items():
+            self._passes += 1
+            # Each pass re-reads a different tenth of the quiet runs in full, so every tick
+            # costs about the same and each run is fully checked every FULL_PASS_EVERY passes.
+            turn = self._passes % FULL_PASS_EVERY
+            for index, (run_id, (path, exp_id)) in enumerate(found.items()):
+                full = index % FULL_PASS_EVERY == turn
                 state = runs.get(run_id)
                 if state is None:
                     state = fresh[run_id]
-                    if state.meta is None and state.error is None:
-                        continue  # metadata.json is being written; pick it up next time
+                    if state.gone or (state.meta is None and state.error is None):
+                        continue  # metadata.json is being written or just went; look again next time
                     runs[run_id] = state
                     res.added.append(run_id)
                     state.summary()  # build the summary here, off the caller's event loop
-                elif state.refresh():
+                elif state.refresh(full=full):
                     res.changed.append(run_id)
                     state.summary()
+                if state.gone:
+                    del runs[run_id]
+                    res.removed.append(run_id)
+                    res.changed = [r for r in res.changed if r != run_id]
             if res.added or res.removed or res.changed:
                 self.generation += 1
             self._runs = runs

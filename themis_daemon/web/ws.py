@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Set
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set
 
 import tornado.web
 import tornado.websocket
@@ -29,6 +29,19 @@ CLOSE_POLICY = 1008
 CLOSE_TRY_LATER = 1013
 
 
+class Outgoing(NamedTuple):
+    """A queued message, encoded once however many clients it goes to."""
+
+    kind: Optional[str]
+    run_id: Optional[str]
+    seq: Optional[int]
+    text: str
+
+    @classmethod
+    def of(cls, message: Dict[str, Any]) -> "Outgoing":
+        return cls(message.get("type"), message.get("run_id"), message.get("seq"), jsonutil.dumps(message))
+
+
 class Client:
     """One connection's subscriptions and outgoing queue."""
 
@@ -36,7 +49,7 @@ class Client:
         self.hub = hub
         self.handler = handler
         self.subscriptions: Set[str] = set()
-        self.queue: Deque[Dict[str, Any]] = deque()
+        self.queue: Deque[Outgoing] = deque()
         self._wakeup = asyncio.Event()
         self._task: Optional[asyncio.Task] = None
         self.closed = False
@@ -48,13 +61,15 @@ class Client:
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._pump())
 
-    def send(self, message: Dict[str, Any]) -> None:
-        """Queue a message; never blocks, whatever the client's speed."""
+    def send(self, message: Any) -> None:
+        """Queue a message (a dict or an Outgoing); never blocks, whatever the client's speed."""
         if self.closed:
             return
-        if message.get("type") in COALESCING:
+        if not isinstance(message, Outgoing):
+            message = Outgoing.of(message)
+        if message.kind in COALESCING:
             for i, queued in enumerate(self.queue):
-                if queued.get("type") == message["type"] and queued.get("run_id") == message.get("run_id"):
+                if queued.kind == message.kind and queued.run_id == message.run_id:
                     del self.queue[i]
                     self.dropped += 1
                     self.hub.stats["events_coalesced"] += 1
@@ -67,7 +82,7 @@ class Client:
     def _shed(self) -> None:
         # Drop the oldest progress events first; final events are never dropped.
         for i, queued in enumerate(self.queue):
-            if queued.get("type") in COALESCING:
+            if queued.kind in COALESCING:
                 del self.queue[i]
                 self.dropped += 1
                 self.hub.stats["events_dropped"] += 1
@@ -84,13 +99,13 @@ class Client:
                 continue
             message = self.queue.popleft()
             try:
-                await self.handler.write_message(jsonutil.dumps(message))
+                await self.handler.write_message(message.text)
             except (tornado.websocket.WebSocketClosedError, tornado.iostream.StreamClosedError):
                 break
             except Exception:  # one broken client must not take the hub down
                 log.exception("sending to a WebSocket client failed")
                 break
-            if message.get("seq") is not None:
+            if message.seq is not None:
                 self.hub.stats["events_sent"] += 1
         self.closed = True
 
@@ -110,7 +125,7 @@ class Hub:
     def __init__(self, settings: Any):
         self.settings = settings
         self.seq = 0
-        self.buffer: Deque[Dict[str, Any]] = deque(maxlen=max(settings.replay_buffer, 1))
+        self.buffer: Deque[Outgoing] = deque(maxlen=max(settings.replay_buffer, 1))
         self.clients: Set[Client] = set()
         self.stats = {"events_published": 0, "events_sent": 0, "events_dropped": 0,
                       "events_coalesced": 0, "clients_disconnected_slow": 0}
@@ -119,18 +134,19 @@ class Hub:
         self.seq += 1
         event = dict(event, seq=self.seq)
         self.stats["events_published"] += 1
+        out = Outgoing.of(event)
         if self.settings.replay_buffer:
-            self.buffer.append(event)
+            self.buffer.append(out)
         for client in list(self.clients):
-            if client.wants(event.get("run_id")):
-                client.send(event)
+            if client.wants(out.run_id):
+                client.send(out)
         return event
 
     def replay(self, run_id: str, since: int) -> tuple:
         """Buffered events after `since` for `run_id`, and whether the buffer reaches back."""
-        oldest = self.buffer[0]["seq"] if self.buffer else self.seq + 1
+        oldest = self.buffer[0].seq if self.buffer else self.seq + 1
         complete = since >= oldest - 1 or since >= self.seq
-        events = [e for e in self.buffer if e["seq"] > since and (run_id == ALL or e.get("run_id") == run_id)]
+        events = [e for e in self.buffer if e.seq > since and (run_id == ALL or e.run_id == run_id)]
         return events, complete, oldest
 
     def subscriptions(self) -> int:
