@@ -7,7 +7,6 @@ import math
 import urllib.parse
 
 import pytest
-from tornado.httpclient import HTTPClientError
 
 from themis_daemon import __version__
 from conftest import GZIP_EXPECTED, PLAIN_EXPECTED, load_expected, snapshot_tree
@@ -217,7 +216,7 @@ async def test_run_ids_with_reserved_characters(http_client, base_url, store_roo
     meta["run_id"] = odd
     with open(meta_path, "w") as fh:
         json.dump(meta, fh, indent=2)
-    app_daemon = None  # the poll interval is short: the new run appears on the next request
+    # the poll interval is short: the new run appears on the next request
     resp, body = await fetch(http_client, base_url, "/api/runs/" + urllib.parse.quote(odd, safe=""))
     assert resp.code == 200, body
     assert body["run_id"] == odd and body["num_samples"] == 20

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set
+from typing import Any, Deque, Dict, NamedTuple, Optional, Set
 
 import tornado.web
 import tornado.websocket
