@@ -96,6 +96,9 @@ async def test_run_detail_matches_upstream(http_client, base_url, run_id):
     for key in ("run_id", "experiment_id", "status", "num_samples"):
         assert ours[key] == theirs[key]
     assert ours["metadata"]["created_at"] == theirs["metadata"]["created_at"]
+    # additive: the rest of metadata.json users need (the original sent created_at only)
+    assert ours["metadata"]["config_snapshot"]["reproducibility_manifest"]["model"]["identifier"] == "fake-math-llm"
+    assert "updated_at" in ours["metadata"] and "completed_at" in ours["metadata"]
     assert len(ours["samples"]) == len(theirs["samples"]) == ours["samples_total"]
     for a, b in zip(ours["samples"], theirs["samples"]):
         assert (a["id"], a["prompt"], a["response"]) == (b["id"], b["prompt"], b["response"])
