@@ -28,6 +28,9 @@ TEST_REQUIRES = [
     # the packaging test builds a wheel without build isolation
     "setuptools>=64",
     "wheel>=0.40",
+    # /openapi.json validity, and the docs/dashboard tests in Debian's headless Chromium
+    "openapi-spec-validator>=0.7",
+    "playwright>=1.40",
 ]
 
 setup(
@@ -47,9 +50,9 @@ setup(
         "themis_daemon.demo.stores": "tests/data",
     },
     package_data={
-        "themis_daemon.schemas": ["*.json"],
+        "themis_daemon.schemas": ["*.json", "responses/*.json"],
         "themis_daemon.demo.stores": ["themis-v1/**/*", "themis-v1-gzip/**/*"],
-        "themis_daemon": ["static/*", "static/*/*"],
+        "themis_daemon": ["static/**/*"],
     },
     install_requires=[
         "tornado>=6.3",

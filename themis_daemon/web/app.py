@@ -99,9 +99,9 @@ class Daemon:
 
 
 def route_modules() -> List[Any]:
-    from . import compare, ws
+    from . import compare, dashboard, docs, ws
 
-    return [health, runs, compare, ws, metrics]
+    return [health, runs, compare, ws, metrics, docs, dashboard]
 
 
 class _BodyLimit(tornado.httputil.HTTPMessageDelegate):

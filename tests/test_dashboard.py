@@ -1,0 +1,387 @@
+"""The dashboard and the docs pages in a real browser: Debian's headless Chromium driven by
+Playwright, against a daemon subprocess serving a copy of the fixture store.
+
+Every page runs with requests to anything but the daemon aborted and recorded: none may happen.
+Screenshots go to tests/screenshots/ for people to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import PLAIN, copy_store
+from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset
+
+CHROMIUM = os.environ.get("THEMIS_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+if not os.path.isfile(CHROMIUM):
+    pytest.skip(f"Chromium not installed ({CHROMIUM} missing; on Debian: apt-get install chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+expect = sync_api.expect
+
+SHOTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+FIXTURE_RUNS = {"fake-direct", "fake-terse", "fake-swapped", "fake-live", "fake-failed"}
+TIMEOUT_MS = 15_000
+
+
+class Daemon:
+    """`python -m themis_daemon serve` on an ephemeral port; the URL comes from its log line."""
+
+    def __init__(self, storage: str, env: dict = None):
+        self.storage = storage
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "themis_daemon", "serve", "--host", "127.0.0.1", "--port", "0",
+             "--storage", storage, "--poll-interval", "0.2", "--log-level", "info"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})})
+        found = threading.Event()
+        self.url = None
+
+        def drain():
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                match = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
+                if match and self.url is None:
+                    self.url = match.group(1)
+                    found.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        if not found.wait(20):
+            self.stop()
+            raise RuntimeError("daemon did not start:\n" + "".join(self.lines))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return copy_store(PLAIN, str(tmp_path_factory.mktemp("dash") / "store"))
+
+
+@pytest.fixture(scope="module")
+def daemon(store):
+    d = Daemon(store)
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def screenshots_dir():
+    os.makedirs(SHOTS, exist_ok=True)
+
+
+class Page:
+    """A page whose requests outside the daemon are aborted and recorded."""
+
+    def __init__(self, browser, base: str, width: int = 1280, height: int = 900, init_script: str = None):
+        self.base = base
+        self.context = browser.new_context(viewport={"width": width, "height": height})
+        self.context.set_default_timeout(TIMEOUT_MS)
+        self.external = []
+        self.errors = []
+        self.context.route(lambda url: not url.startswith(base), self._block)
+        self.context.on("request", self._record)
+        self.page = self.context.new_page()
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("console", lambda msg: self.errors.append(msg.text) if msg.type == "error" else None)
+        self.page.add_init_script(
+            "window.__csp = []; document.addEventListener('securitypolicyviolation',"
+            " e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
+        if init_script:
+            self.page.add_init_script(init_script)
+
+    def _block(self, route):
+        self.external.append(route.request.url)
+        route.abort()
+
+    def _record(self, request):
+        if not (request.url.startswith(self.base) or request.url.startswith("data:")):
+            self.external.append(request.url)
+
+    def goto(self, path: str):
+        self.page.goto(self.base + path)
+        return self.page
+
+    def shot(self, name: str):
+        self.page.screenshot(path=os.path.join(SHOTS, name), full_page=True)
+
+    def check_clean(self, allowed_errors=()):
+        assert self.external == [], f"requests outside the daemon: {self.external}"
+        csp = self.page.evaluate("window.__csp")
+        assert csp == [], f"Content-Security-Policy violations: {csp}"
+        errors = [e for e in self.errors if not any(a in e for a in allowed_errors)]
+        assert errors == [], f"errors in the page: {errors}"
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture
+def open_page(browser, daemon):
+    pages = []
+
+    def opener(**kw):
+        p = Page(browser, kw.pop("base", daemon.url), **kw)
+        pages.append(p)
+        return p
+
+    yield opener
+    for p in pages:
+        p.close()
+
+
+def progress_of(page, run_id: str) -> float:
+    bar = page.locator(f'tr[data-run-id="{run_id}"] [role="progressbar"]')
+    value = bar.get_attribute("aria-valuenow")
+    return float(value) if value is not None else -1.0
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------- docs
+
+
+def test_swagger_ui_renders_offline(open_page):
+    p = open_page()
+    page = p.goto("/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Themis daemon API")
+    expect(page.locator(".opblock-summary-path", has_text="/api/compare")).to_be_visible()
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    for path in ("/api/runs", "/api/runs/{run_id}", "/ws", "/openapi.json", "/healthz"):
+        assert any(t.strip().replace("\u200b", "") == path for t in paths), (path, paths)
+    # The schemas render too (RunSummary, Problem, ...).
+    expect(page.locator(".models")).to_contain_text("RunSummary")
+    p.shot("docs-swagger.png")
+    p.check_clean()
+
+
+def test_redoc_renders_offline(open_page):
+    p = open_page()
+    page = p.goto("/redoc")
+    expect(page.locator("h1", has_text="Themis daemon API")).to_be_visible()
+    expect(page.locator("h2", has_text="Compare runs per metric")).to_be_visible()
+    expect(page.get_by_text("/api/runs/{run_id}").first).to_be_attached()
+    page.wait_for_timeout(500)
+    p.shot("docs-redoc.png")
+    p.check_clean()
+
+
+# ---------------------------------------------------------------------------------- dashboard
+
+
+def test_runs_table_lists_runs_and_filters(open_page):
+    p = open_page()
+    page = p.goto("/dashboard/")
+    for run_id in FIXTURE_RUNS:
+        expect(page.locator(f'tr[data-run-id="{run_id}"]')).to_be_visible()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    row = page.locator('tr[data-run-id="fake-live"]')
+    expect(row.locator(".badge")).to_have_text("in progress")
+    assert progress_of(page, "fake-live") == 70.0
+    expect(row).to_contain_text("10 / 20")
+    expect(row).to_contain_text("ExactMatch")
+    expect(page.locator('tr[data-run-id="fake-swapped"]')).to_contain_text("2 failed")
+    expect(page.locator('tr[data-run-id="fake-direct"]')).to_contain_text("2026-")
+    p.shot("dashboard-runs.png")
+
+    page.select_option("#filter-status", "completed")
+    expect(page.locator("tr[data-run-id]")).to_have_count(3)
+    assert set(page.locator("tr[data-run-id]").evaluate_all("rows => rows.map(r => r.dataset.runId)")) == {
+        "fake-direct", "fake-terse", "fake-swapped"}
+    page.select_option("#filter-status", "")
+    page.select_option("#filter-experiment", "default")
+    expect(page.locator('tr[data-run-id="fake-failed"]')).to_be_visible()
+    p.check_clean()
+
+
+def test_live_run_progress_bar_advances(open_page, store):
+    p = open_page()
+    page = p.goto("/dashboard/")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    writer = ThemisRunWriter(store, "live-x", eval_batch=5, compression="none")
+    writer.start()
+    row = page.locator('tr[data-run-id="live-x"]')
+    expect(row).to_be_visible()
+    expect(row.locator(".badge")).to_have_text("in progress")
+    seen = [progress_of(page, "live-x")]
+    for _ in range(3):
+        writer.step(4)
+        wait_for(lambda: progress_of(page, "live-x") > seen[-1], what="the progress bar to advance")
+        seen.append(progress_of(page, "live-x"))
+        if len(seen) == 3:
+            p.shot("dashboard-live-progress.png")
+    assert seen == sorted(seen) and seen[-1] > seen[0]
+    writer.step(8)
+    writer.complete()
+    expect(row.locator(".badge")).to_have_text("completed")
+    wait_for(lambda: progress_of(page, "live-x") == 100.0, what="100%")
+    # Updates came over the WebSocket: the connection never fell back to polling.
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    p.check_clean()
+
+
+def test_polling_fallback_without_websocket(open_page, store):
+    p = open_page(init_script="window.WebSocket = function () { throw new Error('WebSocket disabled by the test'); };")
+    page = p.goto("/dashboard/")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "polling")
+    expect(page.locator('tr[data-run-id="fake-direct"]')).to_be_visible()
+    writer = ThemisRunWriter(store, "poll-x", eval_batch=5, compression="none")
+    writer.start()
+    expect(page.locator('tr[data-run-id="poll-x"]')).to_be_visible()
+    before = progress_of(page, "poll-x")
+    writer.step(10)
+    wait_for(lambda: progress_of(page, "poll-x") > before, timeout=12, what="a polled update")
+    writer.complete()
+    p.check_clean()
+
+
+def test_run_detail_shows_samples(open_page):
+    p = open_page(height=1000)
+    page = p.goto("/dashboard/#/runs/fake-swapped")
+    expect(page.locator("h1.run-title")).to_have_text("fake-swapped")
+    rows = page.locator("#samples-table tbody tr")
+    expect(rows).to_have_count(20)
+    expect(page.locator("#samples-table tr.failure")).to_have_count(2)
+    expect(rows.first).to_contain_text("What is")
+    metric = page.locator('#metrics-table tr[data-metric="ExactMatch"]')
+    expect(metric).to_contain_text("0.5")
+    expect(metric.locator("td").nth(2)).to_contain_text("[")
+    expect(page.locator(".facts")).to_contain_text("fake-flaky:fake-math-llm")
+    p.shot("dashboard-detail.png")
+
+    page.fill("#sample-search", "3 * 11")
+    expect(rows).to_have_count(1)
+    expect(page.locator("#samples-table tr.failure")).to_have_count(1)
+    expect(rows.first).to_contain_text("Generation failed")
+    page.fill("#sample-search", "")
+    page.check("#failures-only")
+    expect(rows).to_have_count(2)
+    p.check_clean()
+
+
+def test_run_detail_pages_samples(open_page, store):
+    writer = ThemisRunWriter(store, "big-run", dataset=make_arith_dataset(45), eval_batch=50, compression="none")
+    writer.start()
+    writer.step(45)
+    writer.complete()
+    p = open_page()
+    page = p.goto("/dashboard/#/runs/big-run")
+    rows = page.locator("#samples-table tbody tr")
+    expect(page.locator("#samples-page")).to_contain_text("page 1 of 3 · 45 of 45 samples")
+    expect(rows).to_have_count(20)
+    page.click("text=Next ›")
+    expect(page.locator("#samples-page")).to_contain_text("page 2 of 3")
+    page.click("text=Next ›")
+    expect(rows).to_have_count(5)
+    expect(page.locator(".pager button", has_text="Next")).to_be_disabled()
+    p.check_clean()
+
+
+def test_unknown_run_shows_a_readable_error(open_page):
+    p = open_page()
+    page = p.goto("/dashboard/#/runs/no-such-run")
+    expect(page.locator(".error")).to_contain_text("Run not found: no-such-run")
+    p.check_clean(allowed_errors=("404",))
+
+
+def test_compare_shows_a_significant_winner(open_page):
+    p = open_page(height=1100)
+    page = p.goto("/dashboard/#/compare")
+    page.check("#pick-fake-direct")
+    page.check("#pick-fake-terse")
+    page.select_option("#compare-test", "permutation")
+    page.click("#compare-button")
+    row = page.locator('#pairwise-table tr[data-metric="ExactMatch"]')
+    expect(row).to_have_attribute("data-significant", "true")
+    expect(row.locator("td.winner")).to_contain_text("✓ fake-direct")
+    expect(row).to_contain_text("0.9")
+    expect(page.locator("#overall-best")).to_have_text("fake-direct")
+    chart = page.locator('svg.chart[data-metric="ExactMatch"]')
+    expect(chart.locator("g.bar")).to_have_count(2)
+    expect(chart.locator("g.bar.best")).to_have_attribute("data-run", "fake-direct")
+    assert chart.locator("line.whisker").count() >= 3  # error bars of fake-direct
+    p.shot("dashboard-compare.png")
+
+    # Only ExactMatch, and the link is shareable.
+    page.fill("#compare-metrics", "ExactMatch")
+    page.click("#compare-button")
+    expect(page.locator("#pairwise-table tbody tr")).to_have_count(1)
+    assert "runs=fake-direct%2Cfake-terse" in page.url and "test=permutation" in page.url
+    page.fill("#compare-metrics", "NoSuchMetric")
+    page.click("#compare-button")
+    expect(page.locator("#compare-output .error")).to_contain_text("NoSuchMetric")
+    p.check_clean(allowed_errors=("400",))
+
+
+def test_narrow_screen(open_page):
+    p = open_page(width=390, height=844)
+    page = p.goto("/dashboard/")
+    expect(page.locator('tr[data-run-id="fake-live"]')).to_be_visible()
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"page is {overflow}px wider than the screen"
+    p.shot("dashboard-narrow.png")
+    page.goto(p.base + "/dashboard/#/compare?runs=fake-direct,fake-terse&test=permutation&run=1")
+    expect(page.locator('#pairwise-table tr[data-metric="ExactMatch"]')).to_have_attribute("data-significant", "true")
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"compare page is {overflow}px wider than the screen"
+    p.shot("dashboard-compare-narrow.png")
+    p.check_clean()
+
+
+def test_api_key_field(open_page, store):
+    keyed = Daemon(store, env={"THEMIS_AUTH_API_KEYS": "s3cret-key"})
+    try:
+        p = open_page(base=keyed.url)
+        page = p.goto("/dashboard/")
+        expect(page.locator("#view .error")).to_contain_text("API key")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "polling")
+        p.shot("dashboard-api-key-missing.png")
+        page.fill("#api-key", "wrong")
+        page.click("#key-form button")
+        expect(page.locator("#view .error")).to_contain_text("rejected")
+        page.fill("#api-key", "s3cret-key")
+        page.click("#key-form button")
+        expect(page.locator('tr[data-run-id="fake-direct"]')).to_be_visible()
+        expect(page.locator("#view .error")).to_have_count(0)
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=40_000)
+        assert page.evaluate("localStorage.getItem('themis.apiKey')") == "s3cret-key"
+        # The key survives a reload.
+        page.reload()
+        expect(page.locator('tr[data-run-id="fake-direct"]')).to_be_visible()
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+        p.check_clean(allowed_errors=("401", "403", "WebSocket"))
+    finally:
+        keyed.stop()

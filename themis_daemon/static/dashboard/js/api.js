@@ -1,0 +1,86 @@
+// HTTP calls to the daemon, with the API key from localStorage and readable errors.
+
+const KEY_STORAGE = "themis.apiKey";
+
+/** The daemon's root: the dashboard lives at <root>/dashboard/. */
+export const apiRoot = new URL("../", window.location.href.split("#")[0]);
+
+export function getKey() {
+  try {
+    return window.localStorage.getItem(KEY_STORAGE) || "";
+  } catch (e) {
+    return "";
+  }
+}
+
+export function setKey(value) {
+  try {
+    if (value) window.localStorage.setItem(KEY_STORAGE, value);
+    else window.localStorage.removeItem(KEY_STORAGE);
+  } catch (e) {
+    /* storage disabled: the key lives for this page only */
+  }
+}
+
+export class ApiError extends Error {
+  constructor(status, title, detail, body) {
+    super(detail);
+    this.status = status;
+    this.title = title;
+    this.body = body;
+  }
+}
+
+const HINTS = {
+  401: "This daemon requires an API key: enter it in the “API key” field at the top.",
+  403: "The API key was rejected: check the “API key” field at the top.",
+};
+
+/** fetch a JSON API path (relative to the daemon root); throws ApiError with a readable message. */
+export async function api(path, { method = "GET", body } = {}) {
+  const headers = { Accept: "application/json" };
+  const key = getKey();
+  if (key) headers["X-API-Key"] = key;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let resp;
+  try {
+    resp = await fetch(new URL(path, apiRoot), {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-cache",
+    });
+  } catch (e) {
+    throw new ApiError(0, "Daemon unreachable", `Cannot reach the daemon at ${apiRoot.host} (${e.message}).`);
+  }
+  const text = await resp.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch (e) {
+    data = null;
+  }
+  if (!resp.ok) {
+    const title = (data && data.title) || resp.statusText || "Error";
+    let detail = (data && data.detail) || `${resp.status} ${resp.statusText}`;
+    if (HINTS[resp.status]) detail = `${detail}. ${HINTS[resp.status]}`;
+    if (data && Array.isArray(data.errors) && data.errors.length) {
+      detail += " — " + data.errors.map((e) => `${e.pointer || "/"}: ${e.message}`).join("; ");
+    }
+    throw new ApiError(resp.status, `${resp.status} ${title}:`, detail, data);
+  }
+  return { data, headers: resp.headers };
+}
+
+export function runPath(runId) {
+  return "api/runs/" + encodeURIComponent(runId);
+}
+
+/** The /ws URL; browsers cannot set headers on a WebSocket, so the key goes in `token`. */
+export function wsUrl() {
+  const url = new URL("ws", apiRoot);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const key = getKey();
+  if (key) url.searchParams.set("token", key);
+  return url.href;
+}

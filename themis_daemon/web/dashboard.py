@@ -1,0 +1,80 @@
+"""The web dashboard and the static assets of the docs pages, served from themis_daemon/static.
+
+Everything here is public HTML/CSS/JS; the API calls the pages make carry the API key the user
+entered. Every answer carries a Content-Security-Policy that only allows this daemon, so the
+pages (and the vendored Swagger UI / ReDoc bundles) can never load anything from elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import tornado.web
+
+from .base import ApiError, BaseHandler, request_id
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
+DASHBOARD_DIR = os.path.join(STATIC_DIR, "dashboard")
+
+
+def content_security_policy(handler: tornado.web.RequestHandler) -> str:
+    """Same-origin only; WebSocket to this host; inline styles (Swagger UI and ReDoc set them)."""
+    host = handler.request.host
+    return "; ".join((
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self' data:",
+        f"connect-src 'self' ws://{host} wss://{host}",
+        "worker-src 'self' blob:",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'self'",
+    ))
+
+
+def set_page_headers(handler: tornado.web.RequestHandler) -> None:
+    handler.set_header("Content-Security-Policy", content_security_policy(handler))
+    handler.set_header("X-Content-Type-Options", "nosniff")
+    handler.set_header("Referrer-Policy", "no-referrer")
+    handler.set_header("X-Request-Id", request_id(handler))
+
+
+class StaticHandler(tornado.web.StaticFileHandler):
+    """Static files with the CSP, revalidated by ETag, and JSON problem details for errors."""
+
+    def set_default_headers(self) -> None:
+        set_page_headers(self)
+        self.set_header("Cache-Control", "no-cache")
+
+    write_error = BaseHandler.write_error
+
+    async def get(self, path: str, include_body: bool = True) -> None:
+        # A path outside the static folder (or not a file) is simply not found, as for the API.
+        try:
+            await super().get(path, include_body)
+        except tornado.web.HTTPError as exc:
+            if exc.status_code in (403, 404):
+                raise ApiError(404, f"Not found: {self.request.path}") from None
+            raise
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            return
+        super().log_exception(typ, value, tb)
+
+
+class DashboardRedirect(tornado.web.RequestHandler):
+    def get(self) -> None:
+        # Relative, so it also works behind a reverse proxy that adds a path prefix.
+        self.redirect("dashboard/", permanent=True)
+
+
+default_handlers = [
+    (r"/static/(.*)", StaticHandler, {"path": STATIC_DIR}),
+    (r"/dashboard", DashboardRedirect),
+    (r"/dashboard/(.*)", StaticHandler, {"path": DASHBOARD_DIR, "default_filename": "index.html"}),
+]
