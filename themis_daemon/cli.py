@@ -75,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return fail(str(exc))
     from .server import run
 
-    return run(settings, reload=args.reload, demo=args.demo)
+    return run(settings, reload=args.reload, demo=args.demo, overrides=overrides_from_args(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,16 +48,20 @@ def watchdog_interval(environ=os.environ) -> Optional[float]:
 
 
 def listen_sockets(environ=os.environ) -> List[socket.socket]:
-    """Sockets passed by systemd socket activation ($LISTEN_FDS for this $LISTEN_PID)."""
-    pid, fds = environ.get("LISTEN_PID"), environ.get("LISTEN_FDS")
-    if not pid or not fds or not pid.isdigit() or int(pid) != os.getpid():
+    """Sockets passed by systemd socket activation ($LISTEN_FDS for this $LISTEN_PID).
+
+    Only when $LISTEN_PID is this process (the variables are inherited by children, which
+    must not take the sockets too); the variables are then removed from the environment.
+    """
+    pid, fds = environ.get("LISTEN_PID", ""), environ.get("LISTEN_FDS", "")
+    if not pid.isdigit() or int(pid) != os.getpid() or not fds.isdigit() or int(fds) < 1:
         return []
     out = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(fds)):
         os.set_inheritable(fd, False)
-        sock = socket.socket(fileno=fd)
+        sock = socket.socket(fileno=fd)  # family and type are read from the descriptor
         sock.setblocking(False)
         out.append(sock)
     for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(key, None)
+        environ.pop(key, None)
     return out

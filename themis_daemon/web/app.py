@@ -88,6 +88,8 @@ class Daemon:
         """Take over reloadable settings (SIGHUP) without dropping connections."""
         self.api_keys = settings.api_keys()
         self.settings = settings
+        if self.hub is not None:
+            self.hub.settings = settings.websocket
         if settings.monitor.poll_interval != self.monitor.poll_interval:
             self.monitor.set_poll_interval(settings.monitor.poll_interval)
         self.monitor.stalled_after = settings.monitor.stalled_after
