@@ -223,3 +223,29 @@ async def test_run_ids_with_reserved_characters(http_client, base_url, store_roo
     resp, body = await fetch(http_client, base_url, "/api/runs/" + urllib.parse.quote(odd, safe=""))
     assert resp.code == 200, body
     assert body["run_id"] == odd and body["num_samples"] == 20
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_full_tour_leaves_the_store_untouched(http_client, base_url, store_root):
+    """Every route, compare and a WebSocket session: the served tree keeps its bytes and mtimes."""
+    import tornado.websocket
+
+    before = snapshot_tree(store_root)
+    for path in ("/api/runs", "/", "/healthz", "/readyz", "/api/benchmarks", "/metrics", "/openapi.json",
+                 "/api/runs?status=completed&sort=run_id"):
+        resp, _ = await http_client.fetch(base_url + path, raise_error=False), None
+        assert resp.code == 200, path
+    _, runs = await fetch(http_client, base_url, "/api/runs")
+    for run in runs:
+        resp, _ = await fetch(http_client, base_url, "/api/runs/" + urllib.parse.quote(run["run_id"], safe=""))
+        assert resp.code == 200
+    for test in ("t_test", "bootstrap", "permutation", "none", "auto"):
+        resp = await http_client.fetch(base_url + "/api/compare", method="POST", raise_error=False,
+                                       body=json.dumps({"run_ids": [r["run_id"] for r in runs], "statistical_test": test}))
+        assert resp.code == 200, test
+    conn = await tornado.websocket.websocket_connect(base_url.replace("http", "ws", 1) + "/ws")
+    await conn.write_message(json.dumps({"type": "subscribe", "run_id": "*"}))
+    await conn.read_message()
+    conn.close()
+    await fetch(http_client, base_url, "/api/runs/fake-direct", method="DELETE")
+    assert snapshot_tree(store_root) == before

@@ -66,11 +66,13 @@ async def drive(writer, steps, pause=0.12, torn=True):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_live_run_events_in_order(base_url, store_root):
+@pytest.mark.parametrize("compression", ["gzip", "none"])  # truncated gzip member / torn line
+async def test_live_run_events_in_order(base_url, store_root, compression):
     conn = await connect(base_url)
     await send(conn, {"type": "subscribe", "run_id": "live-1"})
     assert (await recv(conn))["type"] == "subscribed"
-    writer = ThemisRunWriter(store_root, "live-1", dataset=make_arith_dataset(20), eval_batch=5)
+    writer = ThemisRunWriter(store_root, "live-1", dataset=make_arith_dataset(20), eval_batch=5,
+                             compression=compression)
     await drive(writer, 5)
     writer.complete()
     msgs = await recv_until(conn, lambda m: m.get("type") in FINAL)
@@ -234,7 +236,18 @@ class TestLimitsAndStalls:
     @pytest.fixture
     def app_settings(self):
         return {"poll_interval": 0.05, "stalled_after": 0.3, "max_subscriptions": 3,
-                "max_message_size": 512, "replay_buffer": 5}
+                "max_message_size": 512, "replay_buffer": 5, "max_connections": 2}
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_connection_cap_refuses_at_handshake(self, base_url):
+        from tornado.httpclient import HTTPClientError
+
+        first, second = await connect(base_url), await connect(base_url)
+        with pytest.raises(HTTPClientError) as err:
+            await connect(base_url)
+        assert err.value.code == 503
+        first.close()
+        second.close()
 
     @pytest.mark.gen_test(timeout=30)
     async def test_stalled_run_is_reported_once(self, base_url, store_root):
