@@ -1,0 +1,79 @@
+"""An HTTPServer that can drain: finish in-flight requests on shutdown, cut idle connections."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Set
+
+import tornado.httpserver
+import tornado.httputil
+
+
+class _TrackingDelegate(tornado.httputil.HTTPMessageDelegate):
+    """Marks its connection busy from the request headers until the response is done."""
+
+    def __init__(self, inner: tornado.httputil.HTTPMessageDelegate, server: "DrainingHTTPServer",
+                 server_conn: object):
+        self.inner, self.server, self.server_conn = inner, server, server_conn
+
+    def headers_received(self, start_line, headers):
+        self.server.busy.add(self.server_conn)
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk):
+        return self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        self.server.busy.discard(self.server_conn)
+        self.inner.on_connection_close()
+
+
+class DrainingHTTPServer(tornado.httpserver.HTTPServer):
+    """An HTTPServer that knows which connections have a request in flight.
+
+    Tornado asks for a new request delegate (`start_request`) only once the previous response
+    on that connection is completely written, and calls `on_close` when a connection ends
+    (also after a WebSocket upgrade took the stream over). So a connection is busy from the
+    headers of a request until its next `start_request` or `on_close`; `drain()` waits for
+    exactly those and closes idle keep-alive connections at once.
+    """
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self.conns: Set[object] = set()
+        self.busy: Set[object] = set()
+        self.draining = False
+
+    def start_request(self, server_conn, request_conn):
+        self.conns.add(server_conn)
+        self.busy.discard(server_conn)  # the previous response on it is complete
+        if self.draining:
+            # No further keep-alive requests once the drain started: close before reading.
+            request_conn.close()
+        return _TrackingDelegate(super().start_request(server_conn, request_conn), self, server_conn)
+
+    def on_close(self, server_conn) -> None:
+        self.conns.discard(server_conn)
+        self.busy.discard(server_conn)
+        super().on_close(server_conn)
+
+    async def drain(self, timeout: float, extra_busy=lambda: 0) -> int:
+        """Stop accepting, finish in-flight requests within `timeout`; the number cut off."""
+        self.stop()
+        self.draining = True
+        for conn in list(self.conns - self.busy):
+            asyncio.ensure_future(conn.close())
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while (self.busy or extra_busy()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        cut = len(self.busy)
+        try:
+            await asyncio.wait_for(self.close_all_connections(), 2.0)
+        except asyncio.TimeoutError:
+            pass
+        return cut
+
