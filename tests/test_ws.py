@@ -312,3 +312,27 @@ async def test_monitor_survives_storage_root_vanishing(base_url, store_root, dae
     msgs = await recv_until(conn, lambda m: m.get("type") == "run_completed" and m["run_id"] == "after-outage")
     assert msgs[-1]["data"]["generated"] == 5
     conn.close()
+
+
+class TestStalledInRest:
+    @pytest.fixture
+    def app_settings(self):
+        return {"poll_interval": 0.05, "stalled_after": 60}
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_killed_writer_shows_as_stalled_everywhere(self, base_url, http_client, store_root):
+        # gz-live's writer was killed: its files last moved an hour ago. gz-direct is completed.
+        hour_ago = time.time() - 3600
+        for dirpath, _dirs, files in os.walk(os.path.join(store_root, "experiments", "default", "runs", "gz-live")):
+            for name in files:
+                os.utime(os.path.join(dirpath, name), (hour_ago, hour_ago))
+        resp = await http_client.fetch(base_url + "/api/runs")
+        runs = {r["run_id"]: r for r in json.loads(resp.body)}
+        assert runs["gz-live"]["stalled"] is True and runs["gz-direct"]["stalled"] is False
+        detail = json.loads((await http_client.fetch(base_url + "/api/runs/gz-live?samples_limit=1")).body)
+        assert detail["stalled"] is True
+        conn = await connect(base_url)
+        await send(conn, {"type": "subscribe", "run_id": "gz-live"})
+        await recv(conn)
+        assert (await recv(conn))["data"]["stalled"] is True
+        conn.close()

@@ -83,7 +83,8 @@ class Monitor:
         self._pc: Optional[PeriodicCallback] = None
         self._inflight: Optional[asyncio.Future] = None
         self._snapshot: Dict[str, Dict[str, Any]] = {}
-        self._stalled: set = set()
+        self.stalled: set = set()  # in-progress runs whose files stopped moving
+        self.stall_generation = 0  # bumps whenever that set changes (a cache key for REST)
         self._last_ok: Optional[float] = None
         self.ticks = 0
         self.last_tick_duration = 0.0
@@ -155,9 +156,9 @@ class Monitor:
         self.last_tick_duration = result.duration
         self._last_ok = started
         first = not self._snapshot and self.ticks == 1
-        new = {s["run_id"]: s for s in self.store.summaries()}
+        stalled = self._stall_events({s["run_id"]: s for s in self.store.summaries()})
+        new = {s["run_id"]: s for s in self.summaries()}
         events = [] if first else diff_events(self._snapshot, new, result.added, result.removed)
-        stalled = self._stall_events(new)
         if not first:  # runs already stalled at start-up are state, not news
             events.extend(stalled)
         self._snapshot = new
@@ -171,23 +172,33 @@ class Monitor:
                 self.publish(ev)
         return result
 
+    def annotate(self, summary: Dict[str, Any]) -> Dict[str, Any]:
+        """A storage summary plus the monitor's `stalled` flag: what REST and /ws both show."""
+        return {**summary, "stalled": summary["run_id"] in self.stalled}
+
+    def summaries(self) -> List[Dict[str, Any]]:
+        return [self.annotate(s) for s in self.store.summaries()]
+
     def _stall_events(self, summaries: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
-        if not self.stalled_after:
-            return []
+        before = set(self.stalled)
         events = []
         now = time.time()
         for run_id, summary in summaries.items():
-            if summary.get("status") != "in_progress":
-                self._stalled.discard(run_id)
+            if not self.stalled_after or summary.get("status") != "in_progress":
+                self.stalled.discard(run_id)
                 continue
             try:
                 idle = now - self.store.get(run_id).last_change
             except KeyError:
                 continue
             if idle >= self.stalled_after:
-                if run_id not in self._stalled:
-                    self._stalled.add(run_id)
-                    events.append({**_event("run_stalled", summary), "idle_seconds": round(idle, 1)})
+                if run_id not in self.stalled:
+                    self.stalled.add(run_id)
+                    events.append({**_event("run_stalled", {**summary, "stalled": True}),
+                                   "idle_seconds": round(idle, 1)})
             else:
-                self._stalled.discard(run_id)
+                self.stalled.discard(run_id)
+        self.stalled &= set(summaries)
+        if self.stalled != before:
+            self.stall_generation += 1
         return events

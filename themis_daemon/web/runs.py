@@ -52,11 +52,11 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
         limit = self.query_int("limit", None, 0, MAX_PAGE)
         offset = self.query_int("offset", 0, 0)
         await self.daemon.monitor.ensure_fresh()
-        store = self.daemon.store
-        key = ("runs", store.generation, statuses, experiment, sort, limit, offset)
+        store, monitor = self.daemon.store, self.daemon.monitor
+        key = ("runs", store.generation, monitor.stall_generation, statuses, experiment, sort, limit, offset)
         hit = self.daemon.cache.get(key)
         if hit is None:
-            items: List[Dict[str, Any]] = store.summaries()
+            items: List[Dict[str, Any]] = monitor.summaries()
             if statuses:
                 items = [s for s in items if s["status"] in statuses]
             if experiment is not None:
@@ -89,16 +89,19 @@ class RunHandler(CachedBodyMixin, BaseHandler):
         limit = self.query_int("samples_limit", None, 0, MAX_PAGE)
         await self.daemon.monitor.ensure_fresh()
         state = self._state(run_id)
-        hit = self.daemon.cache.get(("run", run_id, state.version, offset, limit))
+        stalled = run_id in self.daemon.monitor.stalled
+        hit = self.daemon.cache.get(("run", run_id, state.version, stalled, offset, limit))
         if hit is None:
             loop = asyncio.get_running_loop()
-            body, version = await loop.run_in_executor(self.daemon.executor, self._render, run_id, offset, limit)
+            body, version = await loop.run_in_executor(self.daemon.executor, self._render, run_id, stalled,
+                                                       offset, limit)
             hit = (body, _etag(body))
-            self.daemon.cache.put(("run", run_id, version, offset, limit), hit)
+            self.daemon.cache.put(("run", run_id, version, stalled, offset, limit), hit)
         self.send_cached(*hit)
 
-    def _render(self, run_id: str, offset: int, limit: Optional[int]) -> Tuple[bytes, int]:
+    def _render(self, run_id: str, stalled: bool, offset: int, limit: Optional[int]) -> Tuple[bytes, int]:
         detail, version = self.daemon.store.detail_versioned(run_id, offset, limit)
+        detail["stalled"] = stalled
         return jsonutil.dumpb(detail), version
 
     def _state(self, run_id: str):

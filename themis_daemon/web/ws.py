@@ -252,7 +252,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                 self.reply(ev)
         store = self.daemon.store
         if run_id != ALL and run_id in store:
-            self.reply({"type": "run_state", "run_id": run_id, "data": store.summary(run_id)})
+            self.reply({"type": "run_state", "run_id": run_id,
+                        "data": self.daemon.monitor.annotate(store.summary(run_id))})
 
     def on_unsubscribe(self, msg: Dict[str, Any]) -> None:
         self.client.subscriptions.discard(msg["run_id"])
