@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import sys
@@ -49,7 +48,12 @@ def _resolve(path_base: str) -> Tuple[str, bool]:
     return path_base, False
 
 
-_IN_WORKER = multiprocessing.current_process().name != "MainProcess"
+_IN_WORKER = False  # set in the scan worker processes, whose log lines would be lost
+
+
+def mark_scan_worker() -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
 
 
 def digest(key: str) -> bytes:

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from .run import RunState, View
+from .run import RunState, View, mark_scan_worker
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -160,7 +160,7 @@ class Store:
         if workers >= 2:
             try:
                 ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
-                with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=mark_scan_worker) as pool:
                     chunks = [new[i::workers] for i in range(workers)]
                     out: Dict[str, RunState] = {}
                     for part in pool.map(_scan_runs, chunks):
