@@ -73,7 +73,13 @@ class Daemon:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return copy_store(PLAIN, str(tmp_path_factory.mktemp("dash") / "store"))
+    root = copy_store(PLAIN, str(tmp_path_factory.mktemp("dash") / "store"))
+    # fake-live's writer was killed: make its files an hour old, whenever the checkout happened
+    hour_ago = time.time() - 3600
+    for dirpath, _dirs, files in os.walk(os.path.join(root, "experiments", "default", "runs", "fake-live")):
+        for name in files:
+            os.utime(os.path.join(dirpath, name), (hour_ago, hour_ago))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +215,7 @@ def test_runs_table_lists_runs_and_filters(open_page):
         expect(page.locator(f'tr[data-run-id="{run_id}"]')).to_be_visible()
     expect(page.locator("#conn")).to_have_attribute("data-state", "live")
     row = page.locator('tr[data-run-id="fake-live"]')
-    expect(row.locator(".badge")).to_have_text("in progress")
+    expect(row.locator(".badge")).to_have_text("stalled")  # in progress, files idle for an hour
     assert progress_of(page, "fake-live") == 70.0
     expect(row).to_contain_text("10 / 20")
     expect(row).to_contain_text("ExactMatch")
