@@ -14,9 +14,7 @@ import argparse
 import http.client
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -24,6 +22,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+
+from _common import DaemonProcess, verdict  # noqa: E402
 
 from themis_daemon.demo.writer import write_completed_run  # noqa: E402
 
@@ -39,23 +39,6 @@ def build_store(root: str) -> None:
         write_completed_run(root, f"mid-{i}", 1_000, metrics=("ExactMatch", "BLEU", "ROUGE"),
                             accuracy=0.6 + 0.05 * i, seed=100 + i)
     open(marker, "w").close()
-
-
-def start_daemon(root: str):
-    proc = subprocess.Popen([sys.executable, "-m", "themis_daemon", "serve", "--host", "127.0.0.1", "--port", "0",
-                             "--storage", root],
-                            stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, "THEMIS_LOGGING_ACCESS_LOG": "false"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        m = re.search(r"on http://127\.0\.0\.1:(\d+)", line or "")
-        if m:
-            return proc, int(m.group(1))
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit("daemon did not start")
 
 
 def request(port: int, method: str, path: str, body=None, timeout=120):
@@ -108,8 +91,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     build_store(args.store)
-    proc, port = start_daemon(args.store)
+    daemon = DaemonProcess(args.store, env={"THEMIS_LOGGING_ACCESS_LOG": "false"})
     try:
+        port = daemon.start(60)
         two = ["big-0", "big-1"]
         five = [f"mid-{i}" for i in range(5)]
         cases = [
@@ -129,15 +113,11 @@ def main() -> int:
         rows.append(("GET / while a 2 x 10k, B=100k bootstrap runs", "< 50 ms",
                      f"max {worst * 1000:.1f} ms over {len(lat)} probes", bool(lat) and worst < 0.05))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        daemon.stop()
     width = max(len(r[0]) for r in rows)
     print(f"\n{'case'.ljust(width)} | target    | measured (median of {args.repeat}, warm) | pass")
     for name, target, measured, ok in rows:
-        print(f"{name.ljust(width)} | {target:9} | {measured:32} | {'PASS' if ok else 'FAIL'}")
+        print(f"{name.ljust(width)} | {target:9} | {measured:32} | {verdict(ok)}")
     return 0
 
 

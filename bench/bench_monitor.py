@@ -37,7 +37,6 @@ import os
 import pstats
 import queue
 import random
-import re
 import resource
 import shutil
 import statistics
@@ -56,19 +55,16 @@ REPO = HERE.parent
 OUT = HERE / "out"
 sys.path.insert(0, str(REPO))
 
+from _common import HOST, DaemonProcess, fmt, log, print_table, verdict  # noqa: E402
+
 from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset  # noqa: E402
 from themis_daemon.monitor import Monitor, diff_events  # noqa: E402
 from themis_daemon.storage import Store  # noqa: E402
 
-HOST = "127.0.0.1"
 NOFILE = 20000
 TARGET_TICK_MS = 20.0
 TARGET_EXTRA_LATENCY_MS = 100.0  # on top of the poll interval
 TARGET_IDLE_MB = 200.0
-
-
-def log(msg: str) -> None:
-    print("[bench] " + msg, file=sys.stderr, flush=True)
 
 
 def raise_nofile(want: int = NOFILE) -> int:
@@ -101,16 +97,6 @@ def proc_cpu_s(pid: int) -> Optional[float]:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
-
-
-def proc_status(pid: int) -> Dict[str, int]:
-    out = {}
-    with open("/proc/%d/status" % pid) as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "Threads", "RssAnon", "RssFile"):
-                out[key] = int(rest.split()[0])
-    return out
 
 
 def loadavg() -> str:
@@ -243,47 +229,10 @@ def _profile_top(st: pstats.Stats, k: int, limit: int) -> List[str]:
 
 # --------------------------------------------------------------------------- daemon + clients
 
-class Daemon:
-    PORT_RE = re.compile(r"on http://127\.0\.0\.1:(\d+)")
+class Daemon(DaemonProcess):
+    """The shared DaemonProcess plus the JSON / metrics reads these benchmarks need."""
 
-    def __init__(self, root: Path, poll_interval: float, profile_to: Optional[Path] = None):
-        self.log_file = tempfile.NamedTemporaryFile(prefix="themis-bench-monitor-", suffix=".log", delete=False)
-        # profile_to: run the daemon under cProfile (IOLoop thread only), written at its exit.
-        prof = ["-m", "cProfile", "-o", str(profile_to)] if profile_to is not None else []
-        cmd = [sys.executable] + prof + ["-m", "themis_daemon", "serve", "--host", HOST, "--port", "0",
-               "--storage", str(root), "--poll-interval", str(poll_interval)]
-        self.cmd = cmd
-        self.proc: Optional[subprocess.Popen] = None
-        self.port: Optional[int] = None
-        self._start(cmd)
-
-    def _start(self, cmd: List[str]) -> None:
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self.log_file, cwd=str(REPO), preexec_fn=_child_limits)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_text(self, limit: int = 4000) -> str:
-        try:
-            with open(self.log_file.name, "rb") as fh:
-                data = fh.read()
-            return data[-limit:].decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def wait_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = self.PORT_RE.search(self.log_text(1 << 20))
-            if m:
-                self.port = int(m.group(1))
-                return self.port
-            if self.proc.poll() is not None:
-                raise RuntimeError("daemon exited with %s:\n%s" % (self.proc.returncode, self.log_text()))
-            time.sleep(0.02)
-        raise RuntimeError("daemon did not log its port within %.0fs:\n%s" % (timeout, self.log_text()))
+    STOP_GRACE = 15.0  # a daemon run under cProfile writes its stats on the way out
 
     def get_json(self, path: str, timeout: float = 10.0) -> Any:
         try:
@@ -332,27 +281,14 @@ class Daemon:
                 return v
         return None
 
-    def stop(self) -> None:
-        try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=10)
-        finally:
-            self.log_file.close()
-            try:
-                os.unlink(self.log_file.name)
-            except OSError:
-                pass
-
 
 def start_daemon(root: Path, poll: float, runs: int, profile_to: Optional[Path] = None) -> Daemon:
-    d = Daemon(root, poll, profile_to)
+    """profile_to: run the daemon under cProfile (IOLoop thread only), written at its exit."""
+    prof = ["-m", "cProfile", "-o", str(profile_to)] if profile_to is not None else []
+    d = Daemon(root, poll_interval=poll, python_args=prof, preexec_fn=_child_limits,
+               log_prefix="themis-bench-monitor-")
     try:
-        d.wait_port(60)
+        d.start(60)
         d.wait_ready(runs, 300)
     except BaseException:
         d.stop()
@@ -567,7 +503,7 @@ def bench_idle(store: Path, runs: int, idle: int, poll: float, procs: int) -> Di
             for w in warm:
                 w.kill()
         time.sleep(2.0)
-        before = proc_status(daemon.pid)
+        before = daemon.status()
         res["rss_before_kb"] = before["VmRSS"]
         log("idle: VmRSS before %.1f MB; opening %d connections in %d processes"
             % (before["VmRSS"] / 1024, idle, procs))
@@ -580,10 +516,10 @@ def bench_idle(store: Path, runs: int, idle: int, poll: float, procs: int) -> Di
         c0, w0 = proc_cpu_s(daemon.pid), time.perf_counter()
         samples = []
         for _ in range(5):
-            samples.append(proc_status(daemon.pid)["VmRSS"])
+            samples.append(daemon.status()["VmRSS"])
             time.sleep(1.0)
         c1, w1 = proc_cpu_s(daemon.pid), time.perf_counter()
-        after = proc_status(daemon.pid)
+        after = daemon.status()
         res["rss_after_kb"] = max(samples)
         res["rss_hwm_kb"] = after["VmHWM"]
         res["daemon_cpu_frac_with_idle"] = (c1 - c0) / (w1 - w0)
@@ -592,7 +528,7 @@ def bench_idle(store: Path, runs: int, idle: int, poll: float, procs: int) -> Di
         for w in workers:
             w.stop()
         time.sleep(2.0)
-        res["rss_after_close_kb"] = proc_status(daemon.pid)["VmRSS"]
+        res["rss_after_close_kb"] = daemon.status()["VmRSS"]
     finally:
         for w in workers:
             w.kill()
@@ -607,28 +543,6 @@ def bench_idle(store: Path, runs: int, idle: int, poll: float, procs: int) -> Di
 
 
 # --------------------------------------------------------------------------- report
-
-def fmt(v: Optional[float], unit: str = "", nd: int = 1) -> str:
-    return "n/a" if v is None else ("%.*f%s" % (nd, v, unit))
-
-
-def verdict(ok: Optional[bool]) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
-
-
-def print_table(rows: List[Tuple[str, str, str, str]], title: str) -> None:
-    head = ("metric", "target", "measured", "pass/fail")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(4)]
-    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-    print()
-    print(title)
-    print(line)
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
-    print(line)
-    for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
-    print(line)
-
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -663,6 +577,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append((metric, target, measured, verdict(ok)))
 
     failed = False
+
+    def fail(section: str, metric: str, target: str, exc: Exception) -> None:
+        nonlocal failed
+        failed = True
+        log("%s benchmark failed: %r" % (section, exc))
+        add(metric, target, "error: %s" % exc, False)
+
     poll_ms = args.poll_interval * 1000
     if "tick" in only:
         profile_path = OUT / "bench_monitor-profile.txt"
@@ -690,9 +611,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for line in t["profile_top"]:
                 log("  " + line)
         except Exception as exc:
-            failed = True
-            log("tick benchmark failed: %r" % exc)
-            add("poll tick CPU", "< %.0f ms" % TARGET_TICK_MS, "error: %s" % exc, False)
+            fail("tick", "poll tick CPU", "< %.0f ms" % TARGET_TICK_MS, exc)
 
     if "idle" in only:
         try:
@@ -716,9 +635,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if r["connect_failed"]:
                 log("idle: %d connections failed: %s" % (r["connect_failed"], r["connect_errors"]))
         except Exception as exc:
-            failed = True
-            log("idle benchmark failed: %r" % exc)
-            add("extra VmRSS for idle connections", "< %.0f MB" % TARGET_IDLE_MB, "error: %s" % exc, False)
+            fail("idle", "extra VmRSS for idle connections", "< %.0f MB" % TARGET_IDLE_MB, exc)
 
     if "latency" in only:
         try:
@@ -756,13 +673,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 fmt(r["events_sent_metric"], "", 0), fmt(r["events_dropped_metric"], "", 0),
                 fmt(r["events_coalesced_metric"], "", 0)), None)
         except Exception as exc:
-            failed = True
-            log("latency benchmark failed: %r" % exc)
-            add("event latency p99", "< %.0f ms" % (poll_ms + TARGET_EXTRA_LATENCY_MS), "error: %s" % exc, False)
+            fail("latency", "event latency p99", "< %.0f ms" % (poll_ms + TARGET_EXTRA_LATENCY_MS), exc)
 
     title = ("themis-daemon monitor benchmark: %d runs x %d samples, %d subscribers, %d idle, poll %.2fs, "
              "%d client procs, loadavg %s" % (runs, args.samples, subs, idle, args.poll_interval,
                                               args.client_procs, loadavg()))
+    print()
     print_table(rows, title)
     return 2 if failed else 0
 

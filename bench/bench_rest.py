@@ -32,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,7 +41,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-HOST = "127.0.0.1"
+from _common import HOST, DaemonProcess, fmt, log, print_table, verdict  # noqa: E402
+
 CONNECTIONS = 32
 MB = 1024 * 1024
 
@@ -54,10 +54,6 @@ TARGETS = {
     "detail_cold_ms": 2000.0,
     "rss_mb": 400.0,
 }
-
-
-def log(msg: str) -> None:
-    print("[bench] " + msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- store
@@ -165,83 +161,11 @@ def http_get(port: int, path: str, timeout: float, headers: Optional[Dict[str, s
             conn.close()
 
 
-class DaemonProcess:
-    """The daemon as a subprocess; stderr goes to a temp file that is scanned for the port."""
-
-    PORT_RE = re.compile(r"on http://127\.0\.0\.1:(\d+)")
-
-    def __init__(self, store: Path, poll_interval: float, env: Dict[str, str]):
-        self.log_file = tempfile.NamedTemporaryFile(prefix="themis-bench-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "themis_daemon", "serve", "--host", HOST, "--port", "0",
-               "--storage", str(store), "--poll-interval", str(poll_interval)]
-        self.cmd = cmd
-        self.t_start = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self.log_file, cwd=str(REPO), env={**os.environ, **env})
-        self.port: Optional[int] = None
-        self.t_listen: Optional[float] = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_text(self, limit: int = 4000) -> str:
-        try:
-            with open(self.log_file.name, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                size = fh.tell()
-                fh.seek(max(0, size - limit))
-                return fh.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def wait_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        with open(self.log_file.name, "rb") as fh:
-            buf = b""
-            while time.monotonic() < deadline:
-                buf += fh.read()
-                m = self.PORT_RE.search(buf.decode("utf-8", "replace"))
-                if m:
-                    self.t_listen = time.perf_counter() - self.t_start
-                    self.port = int(m.group(1))
-                    return self.port
-                if self.proc.poll() is not None:
-                    raise RuntimeError("daemon exited with %s:\n%s" % (self.proc.returncode, self.log_text()))
-                time.sleep(0.005)
-        raise RuntimeError("daemon did not log its port within %.0fs:\n%s" % (timeout, self.log_text()))
-
-    def status(self) -> Dict[str, int]:
-        """VmRSS / VmHWM etc. in kB from /proc/PID/status."""
-        out = {}
-        with open("/proc/%d/status" % self.pid) as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "Threads"):
-                    out[key] = int(rest.split()[0])
-        return out
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=10)
-        finally:
-            self.log_file.close()
-            try:
-                os.unlink(self.log_file.name)
-            except OSError:
-                pass
-
-
 # --------------------------------------------------------------------------- cold start
 
 def measure_cold_start(d: DaemonProcess, expected: int, timeout: float) -> Dict[str, Any]:
-    port = d.wait_port(timeout)
+    """Start the daemon and time it from spawn until GET /api/runs lists all `expected` runs."""
+    port = d.start(timeout)
     res: Dict[str, Any] = {"t_listen": d.t_listen}
     stop = threading.Event()
     probes: List[Dict[str, Any]] = []  # one per GET / probe
@@ -422,27 +346,6 @@ def run_load(kind: str, port: int, path: str, duration: float, connections: int,
 
 # --------------------------------------------------------------------------- report
 
-def fmt(v: Optional[float], unit: str = "", nd: int = 1) -> str:
-    return "n/a" if v is None else ("%.*f%s" % (nd, v, unit))
-
-
-def verdict(ok: Optional[bool]) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
-
-
-def print_table(rows: List[Tuple[str, str, str, str]], title: str) -> None:
-    head = ("metric", "target", "measured", "pass/fail")
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
-    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-    print(title)
-    print(line)
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
-    print(line)
-    for r in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
-    print(line)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--store", help="store directory (default bench/out/store-RUNSxSAMPLES)")
@@ -481,11 +384,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     env = {"THEMIS_LOGGING_ACCESS_LOG": "false"} if args.no_access_log else {}
     R: Dict[str, Any] = {"store": str(store), "runs": expected, "store_mb": store_bytes / 1e6, "load_tool": load}
-    d = DaemonProcess(store, 1, env)
+    d = DaemonProcess(store, poll_interval=1, env=env)
     R["command"] = " ".join(d.cmd)
     try:
         # 2. cold start ------------------------------------------------------------------
-        log("starting daemon (pid %d); measuring cold start ..." % d.pid)
+        log("starting daemon; measuring cold start ...")
         R["cold"] = cold = measure_cold_start(d, expected, args.cold_timeout)
         log("cold start %s s (listening after %s s)" % (fmt(cold.get("t_cold"), "", 2), fmt(cold.get("t_listen"), "", 2)))
         port = d.port
