@@ -300,7 +300,7 @@ def run_test(
         else:
             tt = stats.ttest_1samp(d, 0.0)
             res.statistic, res.p_value, res.p_value_method = float(tt.statistic), float(tt.pvalue), "student_t"
-            res.ci_low, res.ci_high = t_interval(d, alpha)
+            res.ci_low, res.ci_high = t_interval(d, alpha)  # the test's own interval, as SciPy's
             res.ci_method = "t"
         return res
 
@@ -338,7 +338,7 @@ def run_test(
         res.p_value, res.p_value_method, res.mc_stderr = p, method, se
         if all_ties:
             res.note = "all_ties"
-        _t_ci(res, d, alpha, zero_var, all_ties)
+        _interval(res, a, b, d, alpha, zero_var, all_ties, binary)
         return res
 
     if test == "wilcoxon":
@@ -354,7 +354,7 @@ def run_test(
             res.direction = _sign(float(r[nz > 0].sum() - r[nz < 0].sum()))
             if res.direction != _sign(mean_d):
                 res.note = "wilcoxon_direction_disagrees_with_delta"
-        _t_ci(res, d, alpha, zero_var, all_ties)
+        _interval(res, a, b, d, alpha, zero_var, all_ties, binary)
         return res
 
     if test == "mcnemar":
@@ -372,9 +372,17 @@ def run_test(
     raise ValueError(f"unknown test {test!r}")
 
 
-def _t_ci(res: TestResult, d: np.ndarray, alpha: float, zero_var: bool, all_ties: bool) -> None:
-    """Tests without a natural interval still report the t-interval of the mean difference
-    (none under zero variance: a zero-width interval would overstate certainty)."""
+def _interval(res: TestResult, a: np.ndarray, b: np.ndarray, d: np.ndarray, alpha: float,
+              zero_var: bool, all_ties: bool, binary: bool) -> None:
+    """The interval reported for tests without a natural one.
+
+    On 0/1 metrics it is Newcombe's interval for the paired difference of proportions, which
+    stays inside [-1, 1]; otherwise the t-interval of the mean difference (none under zero
+    variance: a zero-width interval would overstate certainty)."""
+    if binary:
+        res.ci_low, res.ci_high = newcombe_interval(*_binary_table(a, b), alpha)
+        res.ci_method = "newcombe"
+        return
     if all_ties:
         res.ci_low, res.ci_high, res.ci_method = 0.0, 0.0, "t"
         return
