@@ -249,3 +249,20 @@ async def test_full_tour_leaves_the_store_untouched(http_client, base_url, store
     conn.close()
     await fetch(http_client, base_url, "/api/runs/fake-direct", method="DELETE")
     assert snapshot_tree(store_root) == before
+
+
+@pytest.mark.gen_test
+async def test_pending_samples_of_a_live_run(http_client, base_url):
+    # fake-live: 14 generated, 10 evaluated (evaluation runs in batches)
+    _, plain = await fetch(http_client, base_url, "/api/runs/fake-live")
+    assert len(plain["samples"]) == plain["samples_total"] == 10
+    _, full = await fetch(http_client, base_url, "/api/runs/fake-live?include_pending=true")
+    assert full["samples_total"] == 14
+    assert [s["pending"] for s in full["samples"]] == [False] * 10 + [True] * 4
+    pending = full["samples"][10:]
+    assert [s["id"] for s in pending] == ["q11", "q12", "q13", "q14"]
+    assert all(s["scores"] == {} and s["prompt"].startswith("What is") and s["response"] for s in pending)
+    _, page = await fetch(http_client, base_url, "/api/runs/fake-live?include_pending=1&samples_offset=9&samples_limit=2")
+    assert [(s["id"], s["pending"]) for s in page["samples"]] == [("q10", False), ("q11", True)]
+    resp, _ = await fetch(http_client, base_url, "/api/runs/fake-live?include_pending=maybe")
+    assert resp.code == 400

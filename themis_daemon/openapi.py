@@ -205,6 +205,10 @@ def _paths() -> Dict[str, Any]:
                      "schema": {"type": "integer", "minimum": 0, "default": 0}},
                     {"name": "samples_limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE}},
+                    {"name": "include_pending", "in": "query", "required": False,
+                     "description": "Also list samples generated but not evaluated yet (after the evaluated "
+                                    "ones, with `pending: true` and no scores).",
+                     "schema": {"type": "boolean", "default": False}},
                     if_none_match,
                 ],
                 "responses": {

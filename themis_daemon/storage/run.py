@@ -96,6 +96,7 @@ class View:
     samples: List[Sample]
     scores: Dict[str, Dict[Any, List[float]]]
     per_sample: List[Dict[str, float]]
+    pending: List[Sample] = field(default_factory=list)  # generated, not evaluated yet
 
 
 def _finite_mean(values: List[float]) -> Optional[float]:
@@ -462,7 +463,13 @@ class RunState:
             per_sample.append({n: sum(v) / len(v) for n, v in smp.scores.items()})
             for name, values in smp.scores.items():
                 scores.setdefault(name, {}).setdefault(smp.id, []).extend(values)
-        return View(self.version, samples, scores, per_sample)
+        linked = {rec[0] for table in self.evals.values() for rec in table.values()}
+        pending = []
+        for gen in self.gen:  # file order
+            if gen not in linked:
+                task = self.tasks.get(gen)
+                pending.append(Sample(task[3] if task is not None and task[3] not in (None, "") else None, gen))
+        return View(self.version, samples, scores, per_sample, pending)
 
     def _summary_dict(self, evaluated: int, metrics: Dict[str, float]) -> Dict[str, Any]:
         meta = self.meta or {}
@@ -501,11 +508,18 @@ class RunState:
 
     # ------------------------------------------------------------------ sample text
 
-    def load_samples(self, view: View, start: int, stop: Optional[int]) -> List[Dict[str, Any]]:
-        """Build detail samples for view.samples[start:stop], reading prompt/response on demand."""
+    def load_samples(self, view: View, start: int, stop: Optional[int],
+                     include_pending: bool = False) -> List[Dict[str, Any]]:
+        """Build detail samples for a page of the view, reading prompt/response on demand.
+
+        Evaluated samples come first; with `include_pending`, samples that were generated but
+        not evaluated yet follow them (`"pending": true`, no scores), for watching live runs.
+        """
         self.want_tasks()
-        chosen = view.samples[start:stop]
-        per_sample = view.per_sample[start:stop]
+        everything = view.samples + view.pending if include_pending else view.samples
+        chosen = everything[start:stop]
+        per_sample = (view.per_sample + [{}] * len(view.pending))[start:stop] if include_pending \
+            else view.per_sample[start:stop]
         with self.lock:
             records_tail, tasks_tail = self._records, self._tasks
             rec_units = [Unit(*self.gen[s.gen][:3]) if s.gen in self.gen else None for s in chosen]
@@ -513,7 +527,8 @@ class RunState:
         prompts = _load(tasks_tail, task_units)
         records = _load(records_tail, rec_units)
         out = []
-        for s, scores, task, rec in zip(chosen, per_sample, prompts, records):
+        first = len(everything) if start is None else min(start, len(everything))
+        for position, (s, scores, task, rec) in enumerate(zip(chosen, per_sample, prompts, records), first):
             prompt = ""
             if isinstance(task, dict):
                 t = task.get("task") or {}
@@ -525,7 +540,12 @@ class RunState:
                 o = rec.get("output")
                 if isinstance(o, dict) and isinstance(o.get("text"), str):
                     response = o["text"]
-            item: Dict[str, Any] = {"id": s.id, "prompt": prompt, "response": response, "scores": scores}
+            sid = s.id
+            if sid is None and isinstance(rec, dict):  # a pending sample without a dataset id
+                sid = rec.get("cache_key") or rec.get("task_key")
+            item: Dict[str, Any] = {"id": sid, "prompt": prompt, "response": response, "scores": scores}
+            if include_pending:
+                item["pending"] = position >= len(view.samples)
             if isinstance(rec, dict) and rec.get("error"):
                 err = rec["error"]
                 item["error"] = err.get("message") if isinstance(err, dict) else str(err)

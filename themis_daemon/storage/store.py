@@ -211,20 +211,22 @@ class Store:
     def summary(self, run_id: str) -> Dict[str, Any]:
         return self.get(run_id).summary()
 
-    def detail(self, run_id: str, offset: int = 0, limit: Optional[int] = None) -> Dict[str, Any]:
+    def detail(self, run_id: str, offset: int = 0, limit: Optional[int] = None,
+               include_pending: bool = False) -> Dict[str, Any]:
         """The run detail; sample text is loaded from disk for the requested page only."""
-        return self.detail_versioned(run_id, offset, limit)[0]
+        return self.detail_versioned(run_id, offset, limit, include_pending)[0]
 
-    def detail_versioned(self, run_id: str, offset: int = 0, limit: Optional[int] = None):
+    def detail_versioned(self, run_id: str, offset: int = 0, limit: Optional[int] = None,
+                         include_pending: bool = False):
         """The detail and the run version it shows, so callers can cache it under that version."""
         state = self.get(run_id)
         state.want_tasks()
         view = self.view(run_id)
         stop = None if limit is None else offset + limit
-        samples = state.load_samples(view, offset, stop)
+        samples = state.load_samples(view, offset, stop, include_pending)
         out = dict(state.summary())
         out["samples"] = samples
-        out["samples_total"] = len(view.samples)
+        out["samples_total"] = len(view.samples) + (len(view.pending) if include_pending else 0)
         meta = state.meta or {}
         out["metadata"] = {
             "created_at": meta.get("created_at"),

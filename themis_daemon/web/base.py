@@ -179,6 +179,17 @@ class BaseHandler(tornado.web.RequestHandler):
             raise ApiError(400, f"Query parameter '{name}' must be {bound}, got {value}")
         return value
 
+    def query_bool(self, name: str, default: bool) -> bool:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ApiError(400, f"Query parameter '{name}' must be true or false, got {raw!r}")
+
     # ------------------------------------------------------------------ errors
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

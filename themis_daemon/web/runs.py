@@ -87,20 +87,21 @@ class RunHandler(CachedBodyMixin, BaseHandler):
     async def get(self, run_id: str) -> None:
         offset = self.query_int("samples_offset", 0, 0)
         limit = self.query_int("samples_limit", None, 0, MAX_PAGE)
+        pending = self.query_bool("include_pending", False)
         await self.daemon.monitor.ensure_fresh()
         state = self._state(run_id)
         stalled = run_id in self.daemon.monitor.stalled
-        hit = self.daemon.cache.get(("run", run_id, state.version, stalled, offset, limit))
+        page = (offset, limit, pending)
+        hit = self.daemon.cache.get(("run", run_id, state.version, stalled, page))
         if hit is None:
             loop = asyncio.get_running_loop()
-            body, version = await loop.run_in_executor(self.daemon.executor, self._render, run_id, stalled,
-                                                       offset, limit)
+            body, version = await loop.run_in_executor(self.daemon.executor, self._render, run_id, stalled, page)
             hit = (body, _etag(body))
-            self.daemon.cache.put(("run", run_id, version, stalled, offset, limit), hit)
+            self.daemon.cache.put(("run", run_id, version, stalled, page), hit)
         self.send_cached(*hit)
 
-    def _render(self, run_id: str, stalled: bool, offset: int, limit: Optional[int]) -> Tuple[bytes, int]:
-        detail, version = self.daemon.store.detail_versioned(run_id, offset, limit)
+    def _render(self, run_id: str, stalled: bool, page: Tuple[int, Optional[int], bool]) -> Tuple[bytes, int]:
+        detail, version = self.daemon.store.detail_versioned(run_id, *page)
         detail["stalled"] = stalled
         return jsonutil.dumpb(detail), version
 
