@@ -26,7 +26,8 @@ export function mountDetail(root, runId) {
     if (loading) return;
     loading = true;
     try {
-      const { data } = await api(runPath(runId));
+      // Pending samples (generated, not evaluated yet) follow the evaluated ones.
+      const { data } = await api(runPath(runId) + "?include_pending=true");
       detail = data;
       clear(message);
       renderHead();
@@ -129,7 +130,8 @@ export function mountDetail(root, runId) {
       h("td", { "data-label": "Response" }, sample.error
         ? h("div", { class: "error-text" }, "⚠ ", sample.error)
         : h("div", { class: "text mono" }, sample.response)),
-      h("td", { "data-label": "Scores" }, h("div", { class: "scores" }, scores.length ? scores : h("span", { class: "muted" }, "–"))));
+      h("td", { "data-label": "Scores" }, h("div", { class: "scores" }, scores.length ? scores
+        : h("span", { class: "muted" }, sample.pending ? "not evaluated yet" : "–"))));
   }
 
   // Follow a live run: reload when its counts change.
