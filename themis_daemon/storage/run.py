@@ -288,49 +288,49 @@ class RunState:
             return current if current is not None and os.path.exists(current.path) else None
         return JsonlTail(path, gz)
 
-    def _refresh_records(self) -> bool:
-        tail = self._tail(self._records, os.path.join(self.dir, "generation", "records.jsonl"))
-        if tail is not self._records:
-            self._records = tail
-            self.gen = {}
+    def _follow(self, current: Optional[JsonlTail], base: str):
+        """Read what one followed JSONL file gained: (tail, new data lines, start_over, changed).
+
+        `start_over` means the file was replaced, rewritten or resolved to its other name, so
+        the caller's table for it must be emptied before the new lines go in.
+        """
+        tail = self._tail(current, base)
         if tail is None:
-            return False
+            return None, [], current is not None, False
         reset, objs = tail.read_new()
-        if reset:
+        start_over = tail is not current or reset
+        lines = [(unit, obj) for unit, obj in objs if isinstance(obj, dict) and not is_header(obj)]
+        return tail, lines, start_over, bool(objs) or reset
+
+    def _refresh_records(self) -> bool:
+        self._records, lines, start_over, changed = self._follow(
+            self._records, os.path.join(self.dir, "generation", "records.jsonl"))
+        if start_over:
             self.gen = {}
         gen = self.gen
-        for unit, obj in objs:
-            if not isinstance(obj, dict) or is_header(obj):
-                continue
+        for unit, obj in lines:
             key = obj.get("cache_key") or obj.get("task_key")
             if not isinstance(key, str):
                 continue
             ok = obj.get("output") is not None and not obj.get("error")
             gen[digest(key)] = (unit.offset, unit.length, unit.index, ok)
-        return bool(objs) or reset
+        return changed
 
     def _refresh_tasks(self) -> bool:
         if not self._tasks_wanted:
             return False
-        tail = self._tail(self._tasks, os.path.join(self.dir, "generation", "tasks.jsonl"))
-        if tail is not self._tasks:
-            self._tasks = tail
+        self._tasks, lines, start_over, changed = self._follow(
+            self._tasks, os.path.join(self.dir, "generation", "tasks.jsonl"))
+        if start_over:
             self.tasks = {}
-        if tail is None:
-            return False
-        reset, objs = tail.read_new()
-        if reset:
-            self.tasks = {}
-        for unit, obj in objs:
-            if not isinstance(obj, dict) or is_header(obj):
-                continue
+        for unit, obj in lines:
             key = obj.get("task_key")
             if not isinstance(key, str):
                 continue
             task = obj.get("task") if isinstance(obj.get("task"), dict) else {}
             md = task.get("metadata") if isinstance(task.get("metadata"), dict) else {}
             self.tasks[digest(key)] = (unit.offset, unit.length, unit.index, md.get("dataset_id"))
-        return bool(objs) or reset
+        return changed
 
     def _refresh_evaluations(self) -> bool:
         base = os.path.join(self.dir, "evaluations")
@@ -349,19 +349,15 @@ class RunState:
         eval_ids = self._eval_ids
         changed = False
         for eval_id in eval_ids:
-            tail = self._tail(self._evals.get(eval_id), os.path.join(base, eval_id, "evaluation.jsonl"))
+            tail, lines, start_over, grew = self._follow(
+                self._evals.get(eval_id), os.path.join(base, eval_id, "evaluation.jsonl"))
             if tail is None:
                 continue
-            if tail is not self._evals.get(eval_id):
-                self._evals[eval_id] = tail
+            self._evals[eval_id] = tail
+            if start_over:
                 self.evals[eval_id] = {}
-            reset, objs = tail.read_new()
             table = self.evals.setdefault(eval_id, {})
-            if reset:
-                table.clear()
-            for _unit, obj in objs:
-                if not isinstance(obj, dict) or is_header(obj):
-                    continue
+            for _unit, obj in lines:
                 key = obj.get("cache_key")
                 ev = obj.get("evaluation")
                 if not isinstance(key, str) or not isinstance(ev, dict):
@@ -388,7 +384,7 @@ class RunState:
                 if k in table:
                     del table[k]  # a re-written line moves to where it was last seen
                 table[k] = (digest(gen_key), sid, _shared_names(tuple(names)), tuple(values), fallback)
-            changed |= bool(objs) or reset
+            changed |= grew
         return changed
 
     def want_tasks(self) -> None:
