@@ -156,8 +156,9 @@ class Monitor:
         self.last_tick_duration = result.duration
         self._last_ok = started
         first = not self._snapshot and self.ticks == 1
-        stalled = self._stall_events({s["run_id"]: s for s in self.store.summaries()})
-        new = {s["run_id"]: s for s in self.summaries()}
+        plain = self.store.summaries()
+        stalled = self._stall_events({s["run_id"]: s for s in plain})
+        new = {s["run_id"]: self.annotate(s) for s in plain}
         events = [] if first else diff_events(self._snapshot, new, result.added, result.removed)
         if not first:  # runs already stalled at start-up are state, not news
             events.extend(stalled)

@@ -47,10 +47,14 @@ class CompareHandler(BaseHandler):
             "lower_is_better": body.get("lower_is_better", conf.lower_is_better),
             "max_work": conf.max_work,
         }
-        runs: List[Tuple[str, Any]] = [(r, store.scores(r)) for r in run_ids]
+        def compute() -> Dict[str, Any]:
+            # Building a run's per-sample view can take a while for big runs: not on the loop.
+            runs: List[Tuple[str, Any]] = [(r, store.scores(r)) for r in run_ids]
+            return compare_runs(runs, **kwargs)
+
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.daemon.executor, lambda: compare_runs(runs, **kwargs))
+            result = await loop.run_in_executor(self.daemon.executor, compute)
         except CompareError as exc:
             raise ApiError(exc.status, exc.detail, **(getattr(exc, "extra", None) or {})) from None
         self.finish(jsonutil.dumpb(result))
