@@ -57,13 +57,12 @@ def _split_lines(data: bytes) -> List[bytes]:
     return [ln for ln in data.split(b"\n") if ln.strip()]
 
 
-def decode_units(data: bytes, base: int, gz: bool) -> Tuple[List[Tuple[Unit, bytes]], int, int]:
+def decode_units(data: bytes, base: int, gz: bool) -> Tuple[List[Tuple[Unit, bytes]], int]:
     """Split `data` (read from file offset `base`) into complete units.
 
-    Returns (units as (Unit, raw line bytes), bytes consumed, number of undecodable lines).
+    Returns (units as (Unit, raw line bytes), bytes consumed).
     """
     out: List[Tuple[Unit, bytes]] = []
-    bad = 0
     if not gz:
         pos = 0
         end = data.rfind(b"\n") + 1  # only newline-terminated lines are complete
@@ -73,7 +72,7 @@ def decode_units(data: bytes, base: int, gz: bool) -> Tuple[List[Tuple[Unit, byt
             if line.strip():
                 out.append((Unit(base + pos, nl - pos, 0), line))
             pos = nl + 1
-        return out, end, bad
+        return out, end
     pos = 0
     n = len(data)
     view = memoryview(data)
@@ -85,7 +84,7 @@ def decode_units(data: bytes, base: int, gz: bool) -> Tuple[List[Tuple[Unit, byt
         for i, line in enumerate(_split_lines(text)):
             out.append((Unit(base + pos, length, i), line))
         pos += length
-    return out, pos, bad
+    return out, pos
 
 
 def _gunzip_member(view: memoryview, pos: int, base: int) -> Optional[Tuple[bytes, int]]:
@@ -144,7 +143,7 @@ class JsonlTail:
         with open(self.path, "rb") as fh:
             fh.seek(self.offset)
             data = fh.read()
-        units, consumed, _ = decode_units(data, self.offset, self.gz)
+        units, consumed = decode_units(data, self.offset, self.gz)
         objs: List[Tuple[Unit, Any]] = []
         for unit, line in units:
             try:
@@ -196,7 +195,7 @@ def count_data_lines(path: str, gz: bool) -> Tuple[int, bool]:
     """
     with open(path, "rb") as fh:
         data = fh.read()
-    units, consumed, _ = decode_units(data, 0, gz)
+    units, consumed = decode_units(data, 0, gz)
     rows = 0
     for _, line in units:
         if line.lstrip().startswith(b'{"_type"'):

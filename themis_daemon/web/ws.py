@@ -109,10 +109,14 @@ class Client:
                 self.hub.stats["events_sent"] += 1
         self.closed = True
 
+    def detach(self) -> None:
+        """Stop sending: the sender coroutine wakes up and ends."""
+        self.closed = True
+        self._wakeup.set()
+
     def close(self, code: int, reason: str) -> None:
         if not self.closed:
-            self.closed = True
-            self._wakeup.set()
+            self.detach()
             try:
                 self.handler.close(code, reason)
             except Exception:
@@ -188,8 +192,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         if self.client is not None:
-            self.client.closed = True
-            self.client._wakeup.set()
+            self.client.detach()
             self.daemon.hub.clients.discard(self.client)
 
     def reply(self, message: Dict[str, Any]) -> None:
