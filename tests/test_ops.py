@@ -237,6 +237,14 @@ def alive(pid):
         return False
 
 
+def kill_all(daemon, workers):
+    """Test clean-up: the daemon and any worker it may have left behind."""
+    daemon.kill()
+    for w in workers:
+        if alive(w):
+            os.kill(w, signal.SIGKILL)
+
+
 def wait_until(pred, timeout, step=0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -511,10 +519,7 @@ def test_workers_share_the_port_and_stop_on_sigterm(plain_store, tmp_path, notif
         assert time.monotonic() - started < 5
         assert not any(alive(w) for w in workers)
     finally:
-        d.kill()
-        for w in workers:
-            if alive(w):
-                os.kill(w, signal.SIGKILL)
+        kill_all(d, workers)
 
 
 def test_workers_port_in_use_is_one_clear_line(plain_store):
@@ -812,10 +817,7 @@ def test_a_wedged_worker_is_replaced(plain_store):
         d.signal(signal.SIGTERM)
         assert d.wait_exit(5) == 0
     finally:
-        d.kill()
-        for w in workers:
-            if alive(w):
-                os.kill(w, signal.SIGKILL)
+        kill_all(d, workers)
 
 
 def test_ctrl_c_with_workers_still_drains(plain_store):
@@ -837,7 +839,4 @@ def test_ctrl_c_with_workers_still_drains(plain_store):
         assert d.wait_exit(5) == 0
         assert not any(alive(w) for w in workers)
     finally:
-        d.kill()
-        for w in workers:
-            if alive(w):
-                os.kill(w, signal.SIGKILL)
+        kill_all(d, workers)
