@@ -48,6 +48,14 @@ async def send(conn, obj):
     await conn.write_message(json.dumps(obj))
 
 
+async def subscribed(base_url, run_id):
+    """A connection subscribed to `run_id`, past the `subscribed` answer."""
+    conn = await connect(base_url)
+    await send(conn, {"type": "subscribe", "run_id": run_id})
+    assert (await recv(conn))["type"] == "subscribed"
+    return conn
+
+
 def events_of(msgs, run_id):
     return [m for m in msgs if m.get("run_id") == run_id and "seq" in m]
 
@@ -68,9 +76,7 @@ async def drive(writer, steps, pause=0.12, torn=True):
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("compression", ["gzip", "none"])  # truncated gzip member / torn line
 async def test_live_run_events_in_order(base_url, store_root, compression):
-    conn = await connect(base_url)
-    await send(conn, {"type": "subscribe", "run_id": "live-1"})
-    assert (await recv(conn))["type"] == "subscribed"
+    conn = await subscribed(base_url, "live-1")
     writer = ThemisRunWriter(store_root, "live-1", dataset=make_arith_dataset(20), eval_batch=5,
                              compression=compression)
     await drive(writer, 5)
@@ -94,9 +100,7 @@ async def test_live_run_events_in_order(base_url, store_root, compression):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_failed_run_and_late_subscriber(base_url, store_root):
-    conn = await connect(base_url)
-    await send(conn, {"type": "subscribe", "run_id": "*"})
-    assert (await recv(conn))["type"] == "subscribed"
+    conn = await subscribed(base_url, "*")
     writer = ThemisRunWriter(store_root, "doomed", dataset=make_arith_dataset(10), eval_batch=5)
     await drive(writer, 2, torn=False)
     writer.fail("results sink unavailable: connection refused")
@@ -121,9 +125,7 @@ async def test_failed_run_and_late_subscriber(base_url, store_root):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_run_finished_between_two_polls_still_has_both_events(base_url, store_root, daemon):
-    conn = await connect(base_url)
-    await send(conn, {"type": "subscribe", "run_id": "quick"})
-    await recv(conn)
+    conn = await subscribed(base_url, "quick")
     daemon.monitor.stop()  # nothing polls while the whole run is written
     writer = ThemisRunWriter(store_root, "quick", dataset=make_arith_dataset(6), eval_batch=5)
     writer.start()
@@ -251,9 +253,7 @@ class TestLimitsAndStalls:
 
     @pytest.mark.gen_test(timeout=30)
     async def test_stalled_run_is_reported_once(self, base_url, store_root):
-        conn = await connect(base_url)
-        await send(conn, {"type": "subscribe", "run_id": "slowpoke"})
-        await recv(conn)
+        conn = await subscribed(base_url, "slowpoke")
         writer = ThemisRunWriter(store_root, "slowpoke", dataset=make_arith_dataset(10), eval_batch=5)
         writer.start()
         writer.step(2)
@@ -294,9 +294,7 @@ class TestLimitsAndStalls:
 
 @pytest.mark.gen_test(timeout=30)
 async def test_monitor_survives_storage_root_vanishing(base_url, store_root, daemon, http_client):
-    conn = await connect(base_url)
-    await send(conn, {"type": "subscribe", "run_id": "*"})
-    await recv(conn)
+    conn = await subscribed(base_url, "*")
     moved = store_root + ".away"
     os.rename(store_root, moved)
     await asyncio.sleep(0.3)
@@ -331,8 +329,6 @@ class TestStalledInRest:
         assert runs["gz-live"]["stalled"] is True and runs["gz-direct"]["stalled"] is False
         detail = json.loads((await http_client.fetch(base_url + "/api/runs/gz-live?samples_limit=1")).body)
         assert detail["stalled"] is True
-        conn = await connect(base_url)
-        await send(conn, {"type": "subscribe", "run_id": "gz-live"})
-        await recv(conn)
+        conn = await subscribed(base_url, "gz-live")
         assert (await recv(conn))["data"]["stalled"] is True
         conn.close()
