@@ -59,7 +59,7 @@ from _common import HOST, DaemonProcess, fmt, log, print_table, verdict  # noqa:
 
 from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset  # noqa: E402
 from themis_daemon.monitor import Monitor, diff_events  # noqa: E402
-from themis_daemon.storage import Store  # noqa: E402
+from themis_daemon.storage.themis1 import Store  # noqa: E402
 
 NOFILE = 20000
 TARGET_TICK_MS = 20.0

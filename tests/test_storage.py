@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from themis_daemon.storage import Store, jsonl as jsonl_mod, run as run_mod
+from themis_daemon.storage.themis1 import Store, jsonl as jsonl_mod, run as run_mod
 from conftest import snapshot_tree
 
 RUNS = ("experiments", "default", "runs")
@@ -283,7 +283,7 @@ def test_parallel_cold_scan_matches_serial(tmp_path):
 
 
 def test_quiet_finished_runs_are_cheap_but_changes_are_seen(plain_store, monkeypatch):
-    from themis_daemon.storage import store as store_mod
+    from themis_daemon.storage.themis1 import store as store_mod
 
     monkeypatch.setattr(run_mod, "QUIET_AFTER_S", 0.0)  # every finished fixture run counts as quiet
     store = Store(plain_store)

@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (default 8080)")
-    serve.add_argument("--storage", metavar="PATH", help="Themis storage root (default .cache/experiments)")
+    serve.add_argument("--storage", metavar="PATH|URL", action="append",
+                       help="a store to serve: Themis 1.x root, Themis 4 SQLite file or JSONL root, or "
+                            "postgresql://user@host:port/db; repeat for several (default .cache/experiments)")
     serve.add_argument("--config", metavar="PATH", help="YAML configuration file (see config.yaml)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"], help="log level")
     serve.add_argument("--json-logs", action="store_true", default=None, help="log one JSON object per line")
@@ -50,7 +52,12 @@ def overrides_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     put("server", "host", args.host)
     put("server", "port", args.port)
     put("server", "workers", args.workers)
-    put("storage", "path", args.storage)
+    if args.storage:
+        if len(args.storage) == 1:
+            put("storage", "path", args.storage[0])
+            over["storage"]["sources"] = []
+        else:
+            put("storage", "sources", list(args.storage))
     put("monitor", "poll_interval", args.poll_interval)
     put("logging", "level", args.log_level)
     put("logging", "json", args.json_logs)

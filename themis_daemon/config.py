@@ -39,9 +39,22 @@ class ServerSettings:
     xheaders: bool = False
 
 
+DEFAULT_STORAGE = ".cache/experiments"
+
+
 @dataclass
 class StorageSettings:
-    path: str = ".cache/experiments"
+    path: Optional[str] = None
+    url: Optional[str] = None
+    password_file: Optional[str] = None
+    sources: List[Any] = field(default_factory=list)
+
+    def specs(self) -> List[Any]:
+        """The configured stores: `sources` if given, else `path` and/or `url`, else the default."""
+        if self.sources:
+            return list(self.sources)
+        found = [s for s in (self.path, self.url) if s]
+        return found or [DEFAULT_STORAGE]
 
 
 @dataclass
@@ -271,7 +284,7 @@ def settings_from_kwargs(storage_path: Optional[str] = None, **kwargs: Any) -> S
         else:
             raise ConfigError(f"unknown setting '{name}'")
     if storage_path is not None:
-        over.setdefault("storage", {})["path"] = storage_path
+        over.setdefault("storage", {}).update(path=storage_path, sources=[])
     merged = _merge(doc, over)
     _check(merged, "settings")
     return build(merged, base.config_file)

@@ -129,7 +129,7 @@ def _ws_description() -> str:
 
 
 def _paths() -> Dict[str, Any]:
-    from .storage.run import STATUSES
+    from .storage import STATUSES
     from .stats import TESTS
     from .web.runs import MAX_PAGE, SORT_KEYS
 

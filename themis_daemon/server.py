@@ -106,6 +106,29 @@ def cli_overrides(settings: Settings) -> Dict[str, Any]:
     return out
 
 
+def storage_label(settings: Settings) -> str:
+    """The configured stores as they may be logged: URLs without passwords."""
+    from .storage.themis4.reader import redact_url
+
+    out = []
+    for spec in settings.storage.specs():
+        location = spec.get("url") or spec.get("path") if isinstance(spec, dict) else spec
+        out.append(redact_url(str(location)))
+    return ", ".join(out)
+
+
+def check_storage(settings: Settings) -> Optional[str]:
+    """Open every configured store once; the one-line reason the first one is unusable."""
+    from .storage import NotAStore, open_sources
+
+    try:
+        sources = open_sources(settings.storage.specs(), password_file=settings.storage.password_file)
+    except NotAStore as exc:
+        return str(exc)
+    sources.close()
+    return None
+
+
 def reload_settings(current: Settings, overrides: Optional[Dict[str, Any]]) -> Settings:
     """Settings re-read from the config file and environment; raises ConfigError."""
     new = load_settings(current.config_file, overrides=overrides or None)
@@ -133,10 +156,9 @@ def run(settings: Settings, *, reload: bool = False, demo: bool = False,
     if demo:
         demo_dir = demo_root()
         settings.storage.path = demo_dir
-    root = settings.storage.path
-    if not os.path.isdir(root):
-        sys.stderr.write(f"themis-daemon: error: storage root not found: {root} "
-                         "(pass --storage PATH or set storage.path)\n")
+    problem = check_storage(settings)
+    if problem:
+        sys.stderr.write(f"themis-daemon: error: {problem}\n")
         return 2
     try:
         sockets = bind(settings)
@@ -193,7 +215,7 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
     loop = asyncio.get_running_loop()
 
     def status_line() -> str:
-        return f"serving {len(daemon.store.run_ids())} runs from {settings.storage.path} on {addrs}"
+        return f"serving {len(daemon.store.run_ids())} runs from {storage_label(settings)} on {addrs}"
 
     def reload_config() -> None:
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}", "STATUS=reloading configuration")
@@ -218,13 +240,13 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
     # Serve (and say so) only once the signal handlers are in place.
     server.add_sockets(sockets)
     log.info("themis-daemon %sserving %s on %s", "" if worker is None else f"worker {worker} ",
-             settings.storage.path, addrs)
+             storage_label(settings), addrs)
     if demo_dir and worker in (None, 0):
         print(f"themis-daemon demo: serving {demo_dir} on {addrs}", flush=True)
 
     # READY=1 only once the sockets listen and the first storage scan is done; a big store may
     # take long to scan, so keep extending systemd's start timeout meanwhile.
-    systemd.notify(f"STATUS=scanning {settings.storage.path}")
+    systemd.notify(f"STATUS=scanning {storage_label(settings)}")
     daemon.ensure_started()
     first_scan = asyncio.ensure_future(daemon.monitor.refresh())
     stopped = asyncio.ensure_future(stop.wait())

@@ -1,7 +1,12 @@
-"""Read-only access to the Themis 1.x storage layout; no Tornado, no writes."""
+"""Read-only access to Themis stores of both generations; no Tornado, no writes.
 
-from .jsonl import CorruptFile, JsonlTail
-from .run import RunState, View
-from .store import RefreshResult, RunNotFound, Store
+`sources.Sources` is the one interface the rest of the daemon uses; `themis1/` reads the 1.x
+file layout, `themis4/` the event-sourced stores of themis-eval 4.x (SQLite, JSONL, PostgreSQL).
+"""
 
-__all__ = ["CorruptFile", "JsonlTail", "RefreshResult", "RunNotFound", "RunState", "Store", "View"]
+from .base import FINAL_STATUSES, STATUSES, NotAStore, RefreshResult, RunNotFound
+from .sources import AmbiguousRun, Sources, detect, open_source, open_sources
+from .themis1 import Store
+
+__all__ = ["AmbiguousRun", "FINAL_STATUSES", "NotAStore", "RefreshResult", "RunNotFound", "STATUSES",
+           "Sources", "Store", "detect", "open_source", "open_sources"]

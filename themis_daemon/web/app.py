@@ -18,7 +18,7 @@ import tornado.web
 from .. import jsonutil
 from ..config import Settings, settings_from_kwargs
 from ..monitor import Monitor
-from ..storage import Store
+from ..storage import Sources, open_sources
 from . import health, metrics, runs
 from .base import NotFoundHandler, problem
 
@@ -59,11 +59,15 @@ class BodyCache:
 class Daemon:
     """Everything a handler needs, in one object stored in the application settings."""
 
-    def __init__(self, settings: Settings, *, store: Optional[Store] = None,
+    def __init__(self, settings: Settings, *, store: Optional[Any] = None,
                  executor: Optional[ThreadPoolExecutor] = None, hub: Any = None,
                  clock: Optional[Callable[[], float]] = None):
         self.settings = settings
-        self.store = store or Store(settings.storage.path)
+        if store is None:
+            store = open_sources(settings.storage.specs(), password_file=settings.storage.password_file)
+        elif not isinstance(store, Sources):
+            store = Sources([store])  # a single injected source (tests, embedders)
+        self.store: Sources = store
         # One thread for storage refreshes keeps them strictly sequential.
         self.storage_executor = ThreadPoolExecutor(1, thread_name_prefix="themis-storage")
         # Detail rendering and comparisons run here, off the IOLoop.
@@ -98,6 +102,7 @@ class Daemon:
         self.monitor.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.storage_executor.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
 
 
 def route_modules() -> List[Any]:
@@ -151,7 +156,7 @@ class ThemisApplication(tornado.web.Application):
         return _BodyLimit(super().start_request(server_conn, request_conn), request_conn, self)
 
 
-def create_app(storage_path: Optional[str] = None, *, store: Optional[Store] = None,
+def create_app(storage_path: Optional[str] = None, *, store: Optional[Any] = None,
                executor: Optional[ThreadPoolExecutor] = None, clock: Optional[Callable[[], float]] = None,
                **settings: Any) -> tornado.web.Application:
     """A configured Application; `settings` takes a `settings=Settings` object or overrides."""

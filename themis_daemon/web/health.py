@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from .. import __version__
 from .base import BaseHandler
 
@@ -23,7 +21,7 @@ class LivenessHandler(BaseHandler):
 
 
 class ReadinessHandler(BaseHandler):
-    """Ready once the first scan finished and the storage root is still readable."""
+    """Ready once the first scan of every source finished and every source is readable."""
 
     public = True
 
@@ -31,10 +29,11 @@ class ReadinessHandler(BaseHandler):
         store = self.daemon.store
         checks = {
             "first_scan_done": store.scanned,
-            "storage_readable": os.access(store.root, os.R_OK | os.X_OK) and store.root_error is None,
+            "storage_readable": store.readable(),
         }
         ready = all(checks.values())
-        body = {"status": "ready" if ready else "not_ready", "checks": checks, "runs": len(store.run_ids())}
+        body = {"status": "ready" if ready else "not_ready", "checks": checks, "runs": len(store.run_ids()),
+                "sources": store.describe()}
         if store.root_error:
             body["detail"] = store.root_error
         self.write_json(body, 200 if ready else 503)

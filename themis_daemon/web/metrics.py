@@ -31,7 +31,8 @@ class DaemonCollector:
         for s in d.store.summaries():
             counts[s["status"]] = counts.get(s["status"], 0) + 1
             errors += 1 if s.get("error") else 0
-        for status in ("in_progress", "completed", "failed", "cancelled", *sorted(set(counts) - {"in_progress", "completed", "failed", "cancelled"})):
+        base = ("pending", "in_progress", "completed", "failed", "cancelled")
+        for status in (*base, *sorted(set(counts) - set(base))):
             runs.add_metric([status], counts.get(status, 0))
         yield runs
         yield GaugeMetricFamily("themis_runs_with_read_errors", "Runs whose files could not be read", value=errors)
@@ -46,6 +47,15 @@ class DaemonCollector:
         yield CounterMetricFamily("themis_poll_ticks", "Storage polls done", value=d.monitor.ticks)
         yield GaugeMetricFamily("themis_poll_last_duration_seconds", "Duration of the last storage poll",
                                 value=d.monitor.last_tick_duration)
+        counters = d.store.counters()
+        yield CounterMetricFamily("themis_events_unknown_type", "Themis 4 events of a type this daemon does not know (ignored)",
+                                  value=counters["unknown_events"])
+        yield CounterMetricFamily("themis_events_orphaned", "Themis 4 events of a run without a snapshot (ignored)",
+                                  value=counters["orphan_events"])
+        sources = GaugeMetricFamily("themis_source_up", "1 while a configured store is readable", labels=["source", "format"])
+        for s in d.store.describe():
+            sources.add_metric([s["name"], s["format"]], 0 if s["error"] else 1)
+        yield sources
         yield GaugeMetricFamily("themis_storage_ready", "1 once the first scan is done", value=1 if d.store.scanned else 0)
 
 

@@ -13,9 +13,9 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+from ..base import RefreshResult, RunNotFound
 from .run import RunState, View, mark_scan_worker
 
 log = logging.getLogger("themis_daemon.storage")
@@ -23,10 +23,6 @@ log = logging.getLogger("themis_daemon.storage")
 
 FULL_PASS_EVERY = 10  # a quiet finished run is fully re-checked every n-th refresh
 PARALLEL_MIN_RUNS = 16  # below this, starting worker processes costs more than it saves
-
-
-class RunNotFound(KeyError):
-    pass
 
 
 def _scan_runs(items: List[tuple]) -> Dict[str, RunState]:
@@ -40,15 +36,6 @@ def _scan_runs(items: List[tuple]) -> Dict[str, RunState]:
     return out
 
 
-@dataclass
-class RefreshResult:
-    added: List[str] = field(default_factory=list)
-    removed: List[str] = field(default_factory=list)
-    changed: List[str] = field(default_factory=list)
-    error: Optional[str] = None
-    duration: float = 0.0
-
-
 class Store:
     """Thread-safe cached reader of one Themis storage root.
 
@@ -59,6 +46,7 @@ class Store:
     def __init__(self, root: str, *, clock: Callable[[], float] = time.time, max_views: int = 16,
                  scan_workers: Optional[int] = None):
         self.root = os.path.abspath(root)
+        self.name = os.path.basename(os.path.normpath(self.root)) or self.root  # shown as `source`
         self.scan_workers = scan_workers if scan_workers is not None else (os.cpu_count() or 1)
         self.max_views = max_views
         self._views: "OrderedDict[str, RunState]" = OrderedDict()

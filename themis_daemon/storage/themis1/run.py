@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..base import FINAL_STATUSES
 from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, is_header, read_units
 
 log = logging.getLogger("themis_daemon.storage")
 
 EVAL_SUFFIX = re.compile(r"::eval:[0-9a-f]{12}$")
-STATUSES = ("in_progress", "completed", "failed", "cancelled")
-FINAL_STATUSES = ("completed", "failed", "cancelled")
+STATUSES = ("in_progress", "completed", "failed", "cancelled")  # what Themis 1.x writes
 # A metadata.json that never parsed is only reported as broken once it is this old: before
 # that it is most likely being written right now.
 METADATA_GRACE_S = 5.0

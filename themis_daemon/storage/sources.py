@@ -1,0 +1,297 @@
+"""Every configured store behind one interface: what the monitor, REST, compare and /ws use.
+
+`open_source` recognises what a path or URL is (a Themis 1.x root, a Themis 4 SQLite file,
+a Themis 4 JSONL root, a PostgreSQL URL); `Sources` merges several of them, so a team moving
+from 1.x to 4.x sees both in one list.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from .base import NotAStore, RefreshResult, RunNotFound
+
+log = logging.getLogger("themis_daemon.storage")
+
+HEX_PREFIX = re.compile(r"^[0-9a-f]{8,64}$")
+EXPECTED = ("a Themis 1.x storage root (experiments/), a Themis 4 SQLite file, a Themis 4 JSONL "
+            "root (runs/*/snapshot.json) or a postgresql:// URL")
+
+
+class AmbiguousRun(RunNotFound):
+    def __init__(self, prefix: str, matches: int):
+        super().__init__(prefix)
+        self.prefix = prefix
+        self.matches = matches
+
+
+def is_url(spec: str) -> bool:
+    return spec.startswith(("postgresql://", "postgres://"))
+
+
+def detect(spec: str) -> str:
+    """The kind of store at `spec`: themis1, sqlite, jsonl or postgres; NotAStore otherwise."""
+    from .themis4.sqlite import looks_like_sqlite
+
+    if is_url(spec):
+        return "postgres"
+    if "://" in spec:
+        scheme = spec.split("://", 1)[0]
+        hint = " (MongoDB stores are not supported yet)" if scheme.startswith("mongodb") else ""
+        raise NotAStore(f"{spec.split('@')[-1]}: unsupported URL scheme {scheme!r}{hint}; expected {EXPECTED}")
+    if not os.path.exists(spec):
+        raise NotAStore(f"{spec}: not found; expected {EXPECTED}")
+    if os.path.isfile(spec):
+        if looks_like_sqlite(spec):
+            return "sqlite"
+        raise NotAStore(f"{spec}: a file that is not an SQLite database; expected {EXPECTED}")
+    if not os.path.isdir(spec):
+        raise NotAStore(f"{spec}: neither a file nor a directory; expected {EXPECTED}")
+    if os.path.isdir(os.path.join(spec, "experiments")):
+        return "themis1"
+    if os.path.isdir(os.path.join(spec, "runs")):
+        return "jsonl"
+    try:
+        empty = not any(not e.name.startswith(".") for e in os.scandir(spec))
+    except OSError as exc:
+        raise NotAStore(f"{spec}: cannot be listed ({exc.strerror}); expected {EXPECTED}") from None
+    if empty:
+        return "themis1"  # Themis 1.x creates experiments/ on first use
+    raise NotAStore(f"{spec}: a directory with neither experiments/ nor runs/; expected {EXPECTED}")
+
+
+def default_name(spec: str) -> str:
+    if is_url(spec):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(spec)
+        host = parts.hostname or "localhost"
+        return f"{host}{':' + str(parts.port) if parts.port else ''}{parts.path or '/'}"
+    return os.path.basename(os.path.normpath(spec)) or spec
+
+
+def open_source(spec: str, name: Optional[str] = None, *, password_file: Optional[str] = None,
+                clock: Callable[[], float] = time.time, validate: bool = True) -> Any:
+    """A source for one configured path or URL; raises NotAStore (one line) if it is none."""
+    kind = detect(spec)
+    name = name or default_name(spec)
+    if kind == "themis1":
+        from .themis1 import Store
+
+        store = Store(spec, clock=clock)
+        store.name = name
+        return store
+    from .themis4.source import Themis4Source
+
+    reader: Any
+    if kind == "sqlite":
+        from .themis4.sqlite import SqliteReader
+
+        reader = SqliteReader(spec)
+    elif kind == "jsonl":
+        from .themis4.jsonl import JsonlReader
+
+        reader = JsonlReader(spec)
+    else:
+        from .themis4.postgres import PostgresReader
+
+        reader = PostgresReader(spec, password_file=password_file)
+    if validate:
+        reader.validate()
+    return Themis4Source(reader, name, clock=clock)
+
+
+class Sources:
+    """Several sources as one store. Run ids are unique across sources; a run id seen in two
+    sources (the same Themis 4 run in two backends) is served from the first and logged."""
+
+    def __init__(self, sources: Sequence[Any]):
+        if not sources:
+            raise ValueError("at least one source is needed")
+        self.sources = list(sources)
+        self._index: Dict[str, Any] = {}
+        self._wrapped: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]] = {}
+        self._logged: set = set()
+        self._rebuild_index()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def positional(self) -> bool:
+        """True when store positions number events the same way in every process and replica
+        (one Themis 4 SQLite or PostgreSQL store): the WebSocket `seq` is then derived from them."""
+        if len(self.sources) != 1:
+            return False
+        reader = getattr(self.sources[0], "reader", None)
+        return bool(reader is not None and reader.global_positions)
+
+    @property
+    def generation(self) -> int:
+        return sum(s.generation for s in self.sources)
+
+    @property
+    def scanned(self) -> bool:
+        return all(s.scanned for s in self.sources)
+
+    @property
+    def root(self) -> str:
+        return ", ".join(s.root for s in self.sources)
+
+    @property
+    def root_error(self) -> Optional[str]:
+        errors = [f"{s.name}: {s.root_error}" for s in self.sources if s.root_error]
+        return "; ".join(errors) or None
+
+    def describe(self) -> List[Dict[str, Any]]:
+        """Per source: name, format, location (no secrets), runs and error, for /readyz."""
+        out = []
+        for s in self.sources:
+            kind = getattr(getattr(s, "reader", None), "kind", "files")
+            out.append({"name": s.name, "format": getattr(s, "format", "themis-v1"), "backend": kind,
+                        "location": s.root, "runs": len(s.run_ids()), "scanned": s.scanned,
+                        "error": s.root_error})
+        return out
+
+    def readable(self) -> bool:
+        for s in self.sources:
+            if s.root_error:
+                return False
+            if getattr(s, "format", "themis-v1") == "themis-v1" and not os.access(s.root, os.R_OK | os.X_OK):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ refresh
+
+    def refresh(self) -> RefreshResult:
+        start = time.perf_counter()
+        total = RefreshResult()
+        before = set(self._index)
+        for source in self.sources:
+            total.merge(source.refresh())
+        self._rebuild_index()
+        after = set(self._index)
+        # Report membership changes of the merged view (a duplicate id is one run).
+        total.added = [r for r in dict.fromkeys(total.added) if r in after and r not in before]
+        total.removed = [r for r in dict.fromkeys(total.removed) if r in before and r not in after]
+        total.changed = [r for r in dict.fromkeys(total.changed) if r in after]
+        total.duration = time.perf_counter() - start
+        return total
+
+    def _rebuild_index(self) -> None:
+        index: Dict[str, Any] = {}
+        for source in self.sources:
+            for run_id in source.run_ids():
+                owner = index.get(run_id)
+                if owner is None:
+                    index[run_id] = source
+                elif owner is not source:
+                    msg = f"run {run_id} is in sources {owner.name!r} and {source.name!r}; serving the first"
+                    if msg not in self._logged:
+                        self._logged.add(msg)
+                        log.warning("%s", msg)
+        self._index = index
+
+    # ------------------------------------------------------------------ queries
+
+    def run_ids(self) -> List[str]:
+        return list(self._index)
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._index
+
+    def _owner(self, run_id: str) -> Any:
+        try:
+            return self._index[run_id]
+        except KeyError:
+            raise RunNotFound(run_id) from None
+
+    def resolve(self, ref: str) -> str:
+        """A full run id for `ref`: the id itself, or a unique prefix of >= 8 hex characters."""
+        if ref in self._index:
+            return ref
+        if HEX_PREFIX.match(ref):
+            matches = [r for r in self._index if r.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise AmbiguousRun(ref, len(matches))
+        raise RunNotFound(ref)
+
+    def get(self, run_id: str) -> Any:
+        return self._owner(run_id).get(run_id)
+
+    def _wrap(self, source: Any, summary: Dict[str, Any]) -> Dict[str, Any]:
+        if "format" in summary:
+            return summary
+        run_id = summary["run_id"]
+        cached = self._wrapped.get(run_id)
+        if cached is not None and cached[0] is summary:
+            return cached[1]
+        out = {**summary, "native_status": None, "format": "themis-v1", "source": source.name}
+        self._wrapped[run_id] = (summary, out)
+        return out
+
+    def summaries(self) -> List[Dict[str, Any]]:
+        """Summaries of every run, newest first (by created_at, then run id)."""
+        items = []
+        for run_id, source in self._index.items():
+            items.append(self._wrap(source, source.summary(run_id)))
+        items.sort(key=lambda s: (s.get("created_at") or "", s["run_id"]), reverse=True)
+        return items
+
+    def summary(self, run_id: str) -> Dict[str, Any]:
+        source = self._owner(run_id)
+        return self._wrap(source, source.summary(run_id))
+
+    def detail_versioned(self, run_id: str, offset: int = 0, limit: Optional[int] = None,
+                         include_pending: bool = False):
+        source = self._owner(run_id)
+        detail, version = source.detail_versioned(run_id, offset, limit, include_pending)
+        if "format" not in detail:
+            detail.update(native_status=None, format="themis-v1", source=source.name)
+        return detail, version
+
+    def detail(self, run_id: str, offset: int = 0, limit: Optional[int] = None,
+               include_pending: bool = False) -> Dict[str, Any]:
+        return self.detail_versioned(run_id, offset, limit, include_pending)[0]
+
+    def scores(self, run_id: str) -> Dict[str, Dict[Any, List[float]]]:
+        return self._owner(run_id).scores(run_id)
+
+    def counters(self) -> Dict[str, int]:
+        """Counts for /metrics: events of unknown types, events of unknown runs."""
+        return {
+            "unknown_events": sum(getattr(s, "unknown_events", 0) for s in self.sources),
+            "orphan_events": sum(getattr(s, "orphan_events", 0) for s in self.sources),
+        }
+
+    def close(self) -> None:
+        for s in self.sources:
+            close = getattr(s, "close", None)
+            if close is not None:
+                close()
+
+
+def open_sources(specs: Sequence[Union[str, Dict[str, Any]]], *, password_file: Optional[str] = None,
+                 clock: Callable[[], float] = time.time) -> Sources:
+    """Open every configured source; the first that is not a store raises NotAStore."""
+    out = []
+    names: Dict[str, int] = {}
+    for spec in specs:
+        if isinstance(spec, dict):
+            location = spec.get("url") or spec.get("path")
+            name = spec.get("name")
+            pw = spec.get("password_file") or password_file
+        else:
+            location, name, pw = spec, None, password_file
+        source = open_source(str(location), name, password_file=pw, clock=clock)
+        count = names.get(source.name, 0)
+        names[source.name] = count + 1
+        if count:
+            source.name = f"{source.name}#{count + 1}"
+        out.append(source)
+    return Sources(out)

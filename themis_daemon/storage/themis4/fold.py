@@ -1,0 +1,463 @@
+"""The Themis 4 event fold: run status, progress, scores and sample links from the events alone.
+
+Pure (no I/O, no Tornado): the readers hand in decoded events with their store position and
+this module reproduces what Themis 4.0.2's `ExecutionState.apply_event` and its benchmark rows
+say (spec §7–§11), plus the reader's progress counts (§8). Stored projections are never used:
+they lag live runs and stay wrong after a crash (§13).
+
+Memory is kept small: per case only flags, score values and the store positions of the
+events that hold text (generation, reduction), which details fetch on demand.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+RUNNING, COMPLETED, PARTIAL, FAILED, PENDING = "running", "completed", "partial_failure", "failed", "pending"
+
+# Themis status -> the daemon's status vocabulary (shared with Themis 1.x runs).
+STATUS_MAP = {PENDING: "pending", RUNNING: "in_progress", COMPLETED: "completed", PARTIAL: "completed",
+              FAILED: "failed"}
+
+CASE_EVENTS = frozenset({
+    "generation_completed", "generation_failed", "selection_completed", "selection_failed",
+    "reduction_completed", "reduction_failed", "parse_completed", "parse_failed",
+    "evaluation_completed", "evaluation_failed", "score_completed", "score_failed",
+})
+RUN_EVENTS = frozenset({"run_started", "run_completed", "run_failed"})
+STEP_EVENTS = frozenset({"step_started", "step_completed", "step_failed"})
+KNOWN_EVENTS = CASE_EVENTS | RUN_EVENTS | STEP_EVENTS
+
+
+class Case:
+    """What the fold keeps of one case (keyed by `case_id` alone, as Themis does)."""
+
+    __slots__ = ("gen", "gen_fail", "sel_err", "red_err", "parse_err", "red_pos", "parsed",
+                 "eval_fail", "exec_fail", "scores", "score_err", "failed_event")
+
+    def __init__(self) -> None:
+        self.gen: Dict[int, int] = {}            # candidate index -> position of generation_completed
+        self.gen_fail: Dict[str, str] = {}       # planned candidate id -> message (sticky)
+        self.sel_err: Optional[str] = None
+        self.red_err: Optional[str] = None       # sticky, as in Themis
+        self.parse_err: Optional[str] = None     # sticky, as in Themis
+        self.red_pos: Optional[int] = None
+        self.parsed: Optional[str] = None        # None | "ok" | "null" | "invalid"
+        self.eval_fail: Dict[str, str] = {}      # metric -> message
+        self.exec_fail: Dict[str, str] = {}      # metric -> message (workflow partial failure)
+        self.scores: Dict[str, float] = {}       # metric -> value
+        self.score_err: Dict[str, str] = {}      # metric -> reason
+        self.failed_event = False                # any *_failed event ever seen (progress, §8)
+
+    def has_failure(self) -> bool:
+        return bool(self.gen_fail or self.sel_err is not None or self.red_err is not None
+                    or self.parse_err is not None or self.eval_fail or self.exec_fail or self.score_err)
+
+    def row_error(self, metric: str) -> Optional[str]:
+        """Why this case's row for `metric` is an error row (Themis' precedence), else None."""
+        if self.parse_err is not None:
+            return self.parse_err
+        if self.parsed == "null":
+            return "Parser returned null output"
+        if self.parsed == "invalid":
+            return "Parser marked output as invalid"
+        if metric in self.eval_fail:
+            return self.eval_fail[metric]
+        if metric in self.exec_fail:
+            return self.exec_fail[metric]
+        if metric in self.score_err:
+            return self.score_err[metric]
+        return None
+
+
+def _float(value: Any) -> Optional[float]:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class RunFold:
+    """Incremental fold of one run. `apply` must see the run's events in store order."""
+
+    def __init__(self, run_id: str, snapshot: Dict[str, Any]):
+        self.run_id = run_id
+        self.snapshot = snapshot
+        self.status = PENDING
+        self.completed_through_stage: Optional[str] = None
+        self.cases: Dict[str, Case] = {}
+        self.created_at: Optional[str] = None
+        self.updated_at: Optional[str] = None
+        self.completed_at: Optional[str] = None
+        self.error_message: Optional[str] = None
+        self.finals = 0               # run_completed / run_failed seen (more than one: resumed)
+        self.first_pos: Optional[int] = None
+        self.last_pos: Optional[int] = None
+        self.started_pos: Optional[int] = None
+        self.final_pos: Optional[int] = None
+        self.events = 0
+        self.unknown_events = 0
+        self.bad_events = 0
+        self.last_bad: Optional[str] = None
+        info = describe_snapshot(snapshot)
+        self.case_order: List[str] = info["case_ids"]
+        self.references: Dict[str, Any] = info["references"]
+        self.inputs: Dict[str, Any] = info["inputs"]
+        self.metric_ids: List[str] = info["metric_ids"]
+        self.total_cases: int = info["total_cases"]
+        self.model: Optional[str] = info["model"]
+        self.experiment_id: Optional[str] = info["experiment_id"]
+        self.prompt_spec: Dict[str, Any] = info["prompt_spec"]
+
+    # ------------------------------------------------------------------ applying events
+
+    def apply(self, pos: int, event: Any) -> None:
+        """Apply one decoded event; anything malformed is counted, never raised."""
+        self.events += 1
+        if self.first_pos is None:
+            self.first_pos = pos
+        self.last_pos = pos
+        if not isinstance(event, dict):
+            self._bad(pos, "event is not a JSON object")
+            return
+        kind = event.get("event_type")
+        at = event.get("occurred_at")
+        if isinstance(at, str):
+            self.updated_at = at
+        if kind not in KNOWN_EVENTS:
+            self.unknown_events += 1
+            return
+        if kind in RUN_EVENTS:
+            self._apply_run(pos, kind, event, at if isinstance(at, str) else None)
+            return
+        if kind in STEP_EVENTS:
+            return
+        case_id = event.get("case_id")
+        if not isinstance(case_id, str):
+            self._bad(pos, f"{kind} without a case_id")
+            return
+        case = self.cases.get(case_id)
+        if case is None:
+            case = self.cases[case_id] = Case()
+        self._apply_case(case, kind, pos, event)
+        if self.status == COMPLETED and case.has_failure():
+            self.status = PARTIAL
+
+    def _bad(self, pos: int, why: str) -> None:
+        self.bad_events += 1
+        self.last_bad = f"event at position {pos}: {why}"
+
+    def _apply_run(self, pos: int, kind: str, event: Dict[str, Any], at: Optional[str]) -> None:
+        if kind == "run_started":
+            if self.created_at is None:
+                self.created_at = at
+            if self.started_pos is None:
+                self.started_pos = pos
+            self.status = RUNNING
+            return
+        self.finals += 1
+        self.final_pos = pos
+        self.completed_at = at
+        if kind == "run_failed":
+            self.status = FAILED
+            msg = event.get("error_message")
+            self.error_message = msg if isinstance(msg, str) else None
+            return
+        saw_failures = self.status in (FAILED, PARTIAL) or any(c.has_failure() for c in self.cases.values())
+        self.status = PARTIAL if saw_failures else COMPLETED
+        stage = event.get("completed_through_stage")
+        self.completed_through_stage = stage if isinstance(stage, str) else None
+
+    def _apply_case(self, case: Case, kind: str, pos: int, ev: Dict[str, Any]) -> None:
+        if kind.endswith("_failed"):
+            case.failed_event = True
+        if kind == "generation_completed":
+            if ev.get("result") is not None:
+                index = ev.get("candidate_index")
+                case.gen[index if isinstance(index, int) else len(case.gen)] = pos
+        elif kind == "generation_failed":
+            cid = ev.get("candidate_id")
+            case.gen_fail[cid if isinstance(cid, str) else str(len(case.gen_fail))] = _msg(ev.get("error_message"))
+        elif kind == "selection_completed":
+            case.sel_err = None
+        elif kind == "selection_failed":
+            case.sel_err = _msg(ev.get("error_message"))
+        elif kind == "reduction_completed":
+            if ev.get("result") is not None:
+                case.red_pos = pos
+        elif kind == "reduction_failed":
+            case.red_err = _msg(ev.get("error_message"))
+        elif kind == "parse_completed":
+            result = ev.get("result")
+            if isinstance(result, dict):
+                meta = result.get("metadata")
+                if result.get("value") is None:
+                    case.parsed = "null"
+                elif isinstance(meta, dict) and meta.get("invalid") is True:
+                    case.parsed = "invalid"
+                else:
+                    case.parsed = "ok"
+        elif kind == "parse_failed":
+            case.parse_err = _msg(ev.get("error_message"))
+        elif kind == "evaluation_completed":
+            execution = ev.get("execution")
+            metric = ev.get("metric_id")
+            if isinstance(execution, dict) and isinstance(metric, str):
+                case.eval_fail.pop(metric, None)
+                _workflow_failures(case, execution)
+        elif kind == "evaluation_failed":
+            metric = ev.get("metric_id")
+            if isinstance(metric, str):
+                case.eval_fail[metric] = _msg(ev.get("error_message"))
+        elif kind == "score_completed":
+            metric = ev.get("metric_id")
+            score = ev.get("score")
+            if isinstance(metric, str) and isinstance(score, dict):
+                value = _float(score.get("value"))
+                if value is None:
+                    case.score_err[metric] = "score value is not a number"
+                    case.scores.pop(metric, None)
+                else:
+                    case.scores[metric] = value
+                    case.score_err.pop(metric, None)
+        elif kind == "score_failed":
+            metric = ev.get("metric_id")
+            error = ev.get("error")
+            if isinstance(metric, str) and error is not None:
+                case.scores.pop(metric, None)
+                reason = error.get("reason") if isinstance(error, dict) else error
+                case.score_err[metric] = _msg(reason)
+
+    # ------------------------------------------------------------------ derived figures
+
+    def native_status(self) -> str:
+        return self.status
+
+    def counts(self) -> Dict[str, int]:
+        """Distinct-case progress counts (§8)."""
+        metrics = self.metric_ids
+        generated = evaluated = failed = scored = done = 0
+        for case in self.cases.values():
+            if case.gen:
+                generated += 1
+            attempted = bool(metrics) and all(m in case.scores or m in case.score_err for m in metrics)
+            if attempted:
+                evaluated += 1
+            if case.failed_event:
+                failed += 1
+            if case.scores:
+                scored += 1
+            if attempted or case.failed_event:
+                done += 1
+        return {"generated": generated, "evaluated": evaluated, "failed": failed, "scored": scored, "done": done}
+
+    def metric_means(self) -> Dict[str, float]:
+        """Per metric, the mean over non-error rows (Themis' `metric_means`, from events)."""
+        sums: Dict[str, List[float]] = {}
+        metrics = self.metric_ids
+        for case in self.cases.values():
+            names: Iterable[str] = metrics or case.scores.keys()
+            for metric in names:
+                if metric not in case.scores or case.row_error(metric) is not None:
+                    continue
+                sums.setdefault(metric, []).append(case.scores[metric])
+        out = {}
+        for metric, values in sums.items():
+            finite = [v for v in values if math.isfinite(v)]
+            if finite:
+                out[metric] = math.fsum(finite) / len(finite)
+        return out
+
+    def paired_scores(self) -> Dict[str, Dict[str, List[float]]]:
+        """Per metric, per case id, the score of every non-error row (what compare pairs on)."""
+        out: Dict[str, Dict[str, List[float]]] = {}
+        for case_id, case in self.cases.items():
+            for metric, value in case.scores.items():
+                if case.row_error(metric) is None:
+                    out.setdefault(metric, {})[case_id] = [value]
+        return out
+
+    def sample_order(self, include_pending: bool = False) -> List[str]:
+        """Case ids shown in a detail, in dataset order: cases with a score row first (as the
+        1.x API lists evaluated samples), then, if asked, the other cases that have events."""
+        scored, other = [], []
+        seen = set()
+        for case_id in self.case_order:
+            case = self.cases.get(case_id)
+            seen.add(case_id)
+            if case is None:
+                continue
+            (scored if case.scores or case.score_err or case.has_failure() else other).append(case_id)
+        for case_id, case in self.cases.items():  # cases outside the dataset (should not happen)
+            if case_id not in seen:
+                (scored if case.scores or case.score_err else other).append(case_id)
+        return scored + other if include_pending else scored
+
+    def positions_for(self, case_ids: List[str]) -> List[int]:
+        """Store positions of the events a detail page needs for these cases."""
+        out = []
+        for case_id in case_ids:
+            case = self.cases.get(case_id)
+            if case is None:
+                continue
+            out.extend(case.gen.values())
+            if case.red_pos is not None:
+                out.append(case.red_pos)
+        return out
+
+    def sample(self, case_id: str, events: Dict[int, Any], pending: bool = False) -> Dict[str, Any]:
+        """One detail sample built from the fold and the fetched events of that case."""
+        case = self.cases.get(case_id) or Case()
+        gens = [events.get(case.gen[i]) for i in sorted(case.gen)]
+        outputs = [_result(g).get("final_output") for g in gens if g is not None]
+        prompt = None
+        for g in gens:
+            conv = _result(g).get("conversation")
+            if isinstance(conv, list):
+                prompt = next((m.get("content") for m in conv if isinstance(m, dict) and m.get("role") == "user"), None)
+                if prompt is not None:
+                    break
+        if prompt is None:
+            prompt = render_prompt(self.prompt_spec, self.inputs.get(case_id))
+        reduced = events.get(case.red_pos) if case.red_pos is not None else None
+        response: Any = _result(reduced).get("final_output") if reduced is not None else (outputs[0] if outputs else None)
+        errors = {m: msg for m in self.metric_ids if (msg := case.row_error(m)) is not None
+                  and (m in case.scores or m in case.score_err or case.parse_err is not None
+                       or case.parsed in ("null", "invalid") or m in case.eval_fail or m in case.exec_fail)}
+        item: Dict[str, Any] = {
+            "id": case_id,
+            "prompt": prompt if isinstance(prompt, str) else ("" if prompt is None else _text(prompt)),
+            "response": "" if response is None else _text(response),
+            "reference": self.references.get(case_id),
+            "scores": {m: v for m, v in case.scores.items() if case.row_error(m) is None},
+            "errors": errors,
+        }
+        if len(outputs) > 1:
+            item["candidates"] = [_text(o) for o in outputs]
+        failure = "; ".join(case.gen_fail.values()) or case.red_err or case.sel_err or case.parse_err
+        if failure:
+            item["error"] = failure
+        if pending:
+            item["pending"] = True
+        return item
+
+
+def _msg(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def _result(event: Any) -> Dict[str, Any]:
+    if isinstance(event, dict) and isinstance(event.get("result"), dict):
+        return event["result"]
+    return {}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    import json
+
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _workflow_failures(case: Case, execution: Dict[str, Any]) -> None:
+    """A workflow execution with failures marks every metric it scored as an error row."""
+    failures = execution.get("failures") or []
+    metric_ids = {s.get("metric_id") for s in execution.get("scores") or [] if isinstance(s, dict)}
+    for metric in list(case.exec_fail):
+        if metric in metric_ids:
+            del case.exec_fail[metric]
+    if execution.get("status") != "partial_failure" and not failures:
+        return
+    message = "; ".join(f.get("error_message", "") for f in failures if isinstance(f, dict)) \
+        or "Evaluation completed with workflow failures"
+    for metric in metric_ids:
+        if isinstance(metric, str):
+            case.exec_fail[metric] = message
+
+
+def render_prompt(spec: Dict[str, Any], case_input: Any) -> Optional[str]:
+    """Themis' `PromptSpec.render_input` (§10): the fallback when no conversation was recorded."""
+    import json
+
+    if case_input is None:
+        return None
+    parts = []
+    instructions = spec.get("instructions") if isinstance(spec, dict) else None
+    if instructions:
+        parts.append(f"Instructions:\n{instructions}")
+    rendered = case_input if isinstance(case_input, str) else json.dumps(case_input, sort_keys=True)
+    parts.append(f"Input:\n{rendered}")
+    return "\n\n".join(parts)
+
+
+def describe_snapshot(snapshot: Any) -> Dict[str, Any]:
+    """Identity facts of a run from its snapshot (§4, §17); tolerant of missing parts."""
+    snap = snapshot if isinstance(snapshot, dict) else {}
+    datasets = [d for d in snap.get("datasets") or [] if isinstance(d, dict)]
+    case_ids: List[str] = []
+    references: Dict[str, Any] = {}
+    inputs: Dict[str, Any] = {}
+    for ds in datasets:
+        for case in ds.get("cases") or []:
+            if isinstance(case, dict) and isinstance(case.get("case_id"), str):
+                cid = case["case_id"]
+                if cid not in references:
+                    case_ids.append(cid)
+                references[cid] = case.get("expected_output")
+                inputs[cid] = case.get("input")
+    refs = snap.get("component_refs") if isinstance(snap.get("component_refs"), dict) else {}
+    metric_ids = [m.get("component_id") for m in refs.get("metrics") or []
+                  if isinstance(m, dict) and isinstance(m.get("component_id"), str)]
+    prov = snap.get("provenance") if isinstance(snap.get("provenance"), dict) else {}
+    gen_meta = (prov.get("provider_metadata") or {}).get("generator") if isinstance(prov.get("provider_metadata"), dict) else None
+    model = gen_meta.get("model_id") if isinstance(gen_meta, dict) else None
+    if not model:
+        gen_ref = refs.get("generator")
+        model = gen_ref.get("component_id") if isinstance(gen_ref, dict) else (gen_ref if isinstance(gen_ref, str) else None)
+    experiment = None
+    if datasets:
+        meta = datasets[0].get("metadata")
+        experiment = meta.get("benchmark_id") if isinstance(meta, dict) else None
+        experiment = experiment or datasets[0].get("dataset_id")
+    identity = snap.get("identity") if isinstance(snap.get("identity"), dict) else {}
+    spec = identity.get("generation_prompt_spec") if isinstance(identity.get("generation_prompt_spec"), dict) else {}
+    return {"case_ids": case_ids, "references": references, "inputs": inputs, "metric_ids": metric_ids,
+            "total_cases": len(case_ids), "model": model, "experiment_id": experiment, "prompt_spec": spec}
+
+
+def summary_fields(fold: RunFold) -> Dict[str, Any]:
+    """The API summary fields of a folded run (the mapping of the issue, §17)."""
+    counts = fold.counts()
+    native = fold.status
+    status = STATUS_MAP.get(native, native)
+    expected = fold.total_cases
+    if status == "completed":
+        progress: Optional[float] = 1.0
+    elif expected and fold.events:
+        progress = min(1.0, counts["done"] / expected)
+    else:
+        progress = None  # a pending run: nothing has happened yet
+    return {
+        "status": status,
+        "native_status": native,
+        "num_samples": counts["scored"],
+        "metrics": fold.metric_means(),
+        "created_at": fold.created_at,
+        "updated_at": fold.updated_at,
+        "completed_at": fold.completed_at,
+        "error_message": fold.error_message if native == FAILED else None,
+        "model": fold.model,
+        "experiment_id": fold.experiment_id,
+        "expected_samples": expected,
+        "generated": counts["generated"],
+        "evaluated": counts["evaluated"],
+        "failed": counts["failed"],
+        "progress": progress,
+    }
+
+
+def positions(fold: RunFold) -> Tuple[Optional[int], Optional[int], Optional[int]]:
+    return fold.started_pos, fold.last_pos, fold.final_pos

@@ -1,0 +1,99 @@
+"""The one small interface every Themis 4 backend reader implements (SQLite, JSONL, PostgreSQL).
+
+A reader only moves rows: it never folds, never writes, and keeps its own cursor. The source
+(`source.py`) turns what a poll returns into run state with the pure fold (`fold.py`).
+Spec: ../shared/docs/themis-storage-v4.md §3 (layout) and §14 (reading a live store safely).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Set
+
+# Rows per poll: keeps every read transaction short (a few ms) so a writer is never held up.
+DEFAULT_BATCH = 5000
+
+
+class Unavailable(Exception):
+    """A transient condition (database locked, hot journal, server down): keep the last known
+    state, report the message, and try again at a later poll."""
+
+
+@dataclass
+class Row:
+    """One stored event. `pos` is the store's own position: the `run_events.id` for SQLite and
+    PostgreSQL (global, strictly increasing, never reused), the byte offset of the line in
+    `events.jsonl` for JSONL (per run). `data` is the raw `event_json` (str/bytes), decoded by
+    the source off the reader's transaction."""
+
+    pos: int
+    run_id: str
+    event_type: str
+    data: Any
+
+
+@dataclass
+class Poll:
+    runs: Dict[str, Any] = field(default_factory=dict)        # every run with a snapshot -> incarnation token
+    snapshots: Dict[str, Any] = field(default_factory=dict)   # raw snapshot JSON of runs new or re-created since the last poll
+    rows: List[Row] = field(default_factory=list)             # new events in store order
+    reset: Set[str] = field(default_factory=set)              # runs to fold again from scratch (their rows follow in `rows`)
+    more: bool = False                                        # rows were capped at the batch size: poll again
+
+
+class EventReader:
+    """Base class; see the module docstring. Subclasses set `kind` and `global_positions`."""
+
+    kind = "?"
+    global_positions = False  # True when `pos` is comparable across runs (one event log per store)
+
+    def __init__(self, location: str, *, batch: int = DEFAULT_BATCH):
+        self.location = location
+        self.batch = batch
+
+    def validate(self) -> None:
+        """Raise `NotAStore` (from ..base) with one line naming the location and what was
+        expected when this is not a Themis 4 store. Called once at start-up."""
+        raise NotImplementedError
+
+    def changed(self) -> bool:
+        """A cheap probe (a stat, a header read, `max(id)`): False only when nothing can have
+        changed since the last `poll`. May raise `Unavailable`."""
+        return True
+
+    def poll(self) -> Poll:
+        """What changed since the last poll. Each statement is its own short transaction; no
+        cursor or transaction is held across calls. May raise `Unavailable`."""
+        raise NotImplementedError
+
+    def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
+        """Raw `event_json` of some events of a run, by position (for run details)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The location as it may be shown and logged (a URL without its password)."""
+        return self.location
+
+    def close(self) -> None:
+        pass
+
+
+def redact_url(url: str) -> str:
+    """A connection URL without its password, for logs, errors and the API."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def optional(value: Optional[Any], default: Any) -> Any:
+    return default if value is None else value

@@ -1,0 +1,189 @@
+"""Reader of a Themis 4 SQLite store (spec §3.1, §14.1), read-only and gentle with the writer.
+
+Themis keeps the database in rollback-journal mode and commits about nine times per event; a
+reader that holds a read transaction for more than the writer's 5 s busy timeout makes the
+writer retry and duplicate events. So: `mode=ro`, autocommit statements only (each its own
+short transaction), a small busy timeout, a capped number of rows per statement, and a locked
+database simply means "try at the next poll".
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import quote
+
+from ..base import NotAStore
+from .reader import EventReader, Poll, Row, Unavailable
+
+HEADER = b"SQLite format 3\x00"
+REQUIRED_TABLES = {"run_snapshots", "run_events"}
+BUSY_TIMEOUT_S = 0.05  # never wait long for the writer's lock: the next poll retries
+
+
+def looks_like_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == HEADER
+    except OSError:
+        return False
+
+
+class SqliteReader(EventReader):
+    kind = "sqlite"
+    global_positions = True
+
+    def __init__(self, path: str, **kwargs: Any):
+        super().__init__(os.path.abspath(path), **kwargs)
+        self._conn: Optional[sqlite3.Connection] = None
+        self._last_id = 0
+        self._tokens: Dict[str, int] = {}       # run_id -> rowid of its snapshot row
+        self._probe: Optional[Tuple[int, int, int, bytes]] = None
+        self._probe_at_poll: Optional[Tuple[int, int, int, bytes]] = None
+
+    # ------------------------------------------------------------------ connection
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            uri = "file:%s?mode=ro" % quote(self.location)
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise Unavailable(self._explain(exc)) from None
+            conn.text_factory = bytes  # decoded by the source with orjson, off this connection
+            self._conn = conn
+        return self._conn
+
+    def _explain(self, exc: Exception) -> str:
+        text = str(exc)
+        if "readonly" in text or "read-only" in text:
+            # A hot journal left by a killed writer: only a read-write connection (the next
+            # Themis writer) can roll it back, and this daemon never opens one.
+            return ("store needs recovery: a writer died mid-commit and left a hot journal "
+                    f"({os.path.basename(self.location)}-journal); the next Themis run on this "
+                    "store rolls it back")
+        if "locked" in text or "busy" in text:
+            return "database is locked by a writer; retrying at the next poll"
+        return f"{text} ({self.location})"
+
+    def _query(self, sql: str, args: Tuple = ()) -> List[tuple]:
+        conn = self._connect()
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            message = self._explain(exc)
+            if "locked" not in str(exc) and conn.in_transaction is False:
+                self.close()  # a replaced or broken file: open it afresh next time
+            raise Unavailable(message) from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    # ------------------------------------------------------------------ interface
+
+    def validate(self) -> None:
+        if not os.path.isfile(self.location):
+            raise NotAStore(f"{self.location}: not found (expected a Themis 4 SQLite store)")
+        if not looks_like_sqlite(self.location):
+            raise NotAStore(f"{self.location}: not an SQLite database (expected a Themis 4 SQLite store)")
+        try:
+            tables = {r[0].decode() if isinstance(r[0], bytes) else r[0]
+                      for r in self._query("SELECT name FROM sqlite_master WHERE type='table'")}
+        except Unavailable as exc:
+            raise NotAStore(f"{self.location}: cannot be read: {exc}") from None
+        missing = REQUIRED_TABLES - tables
+        if missing:
+            raise NotAStore(f"{self.location}: an SQLite database without the Themis 4 tables "
+                            f"{', '.join(sorted(missing))} (expected a Themis 4 SQLite store)")
+
+    def _signature(self) -> Tuple[int, int, int, bytes]:
+        """Inode, size, mtime and the header's file change counter (offset 24), read with a
+        plain pread: no SQLite lock is taken. Every commit moves the counter."""
+        try:
+            fd = os.open(self.location, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise Unavailable(f"{exc.strerror}: {self.location}") from None
+        try:
+            st = os.fstat(fd)
+            head = os.pread(fd, 4, 24)
+        finally:
+            os.close(fd)
+        return st.st_ino, st.st_size, st.st_mtime_ns, head
+
+    def changed(self) -> bool:
+        sig = self._signature()
+        if self._probe is not None and sig[0] != self._probe[0]:
+            self.close()  # the file was replaced: reopen
+        self._probe = sig
+        return sig != self._probe_at_poll
+
+    def poll(self) -> Poll:
+        sig = self._probe or self._signature()
+        conn = self._connect()
+        try:
+            # One short read transaction, so the snapshot list and the events are consistent:
+            # a run re-created by `rerun` then only has events above the last id seen.
+            conn.execute("BEGIN")
+            try:
+                out = self._read()
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            message = self._explain(exc)
+            if "locked" not in str(exc):
+                self.close()
+            raise Unavailable(message) from None
+        if not out.more:
+            self._probe_at_poll = sig
+        return out
+
+    def _read(self) -> Poll:
+        out = Poll()
+        snaps = self._query("SELECT rowid, run_id FROM run_snapshots")
+        current = {(r[1].decode() if isinstance(r[1], bytes) else r[1]): r[0] for r in snaps}
+        out.runs = current
+        fresh = [rid for rid, token in current.items() if self._tokens.get(rid) != token]
+        out.reset = {rid for rid in fresh if rid in self._tokens}  # deleted and re-created (rerun)
+        if fresh:
+            out.snapshots = self._snapshots(fresh)
+        out.rows = self._rows("SELECT id, run_id, event_type, event_json FROM run_events WHERE id > ? "
+                              "ORDER BY id LIMIT ?", (self._last_id, self.batch))
+        if out.rows:
+            self._last_id = out.rows[-1].pos
+        out.more = len(out.rows) >= self.batch
+        self._tokens = current
+        return out
+
+    def _snapshots(self, run_ids: List[str]) -> Dict[str, Any]:
+        found: Dict[str, Any] = {}
+        for start in range(0, len(run_ids), 200):
+            part = run_ids[start:start + 200]
+            marks = ",".join("?" * len(part))
+            for rid, text in self._query(f"SELECT run_id, snapshot_json FROM run_snapshots WHERE run_id IN ({marks})",
+                                         tuple(part)):
+                found[rid.decode() if isinstance(rid, bytes) else rid] = text
+        return found
+
+    def _rows(self, sql: str, args: Tuple) -> List[Row]:
+        return [Row(r[0], r[1].decode() if isinstance(r[1], bytes) else r[1],
+                    r[2].decode() if isinstance(r[2], bytes) else r[2], r[3])
+                for r in self._query(sql, args)]
+
+    def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
+        out: Dict[int, Any] = {}
+        wanted = sorted(set(positions))
+        for start in range(0, len(wanted), 500):
+            part = wanted[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for pos, rid, text in self._query(
+                    f"SELECT id, run_id, event_json FROM run_events WHERE id IN ({marks})", tuple(part)):
+                if (rid.decode() if isinstance(rid, bytes) else rid) == run_id:
+                    out[pos] = text
+        return out
