@@ -146,9 +146,41 @@ def test_port_in_use_is_one_clear_line(plain_store):
     assert len(lines) == 1 and "already in use" in lines[0] and "Traceback" not in res.stderr
 
 
+def _one_line_exit_2(res, *needles):
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln]
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 def test_missing_storage_root_is_clear(tmp_path):
-    res = run_cli("serve", "--port", "0", "--storage", str(tmp_path / "nowhere"))
-    assert res.returncode == 2 and "storage root not found" in res.stderr
+    missing = str(tmp_path / "nowhere")
+    res = run_cli("serve", "--port", "0", "--storage", missing)
+    _one_line_exit_2(res, missing, "not found", "expected a Themis 1.x storage root")
+
+
+def test_storage_that_is_no_store_is_one_line(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", str(text)), str(text), "not an SQLite database")
+    foreign = tmp_path / "other.sqlite3"
+    import sqlite3
+
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    before = foreign.read_bytes()
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", str(foreign)), str(foreign),
+                     "without the Themis 4 tables", "run_events")
+    assert foreign.read_bytes() == before  # opened read-only, nothing created
+    folder = tmp_path / "folder"
+    (folder / "stuff").mkdir(parents=True)
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", str(folder)), str(folder),
+                     "neither experiments/ nor runs/")
+    # with several sources, the bad one is named
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", str(tmp_path), "--storage", str(text)),
+                     str(text))
 
 
 def test_demo_mode_serves_bundled_store():

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from .storage import RefreshResult, Store
+from .storage import RefreshResult, Sources
 
 log = logging.getLogger("themis_daemon.monitor")
 
@@ -59,6 +59,32 @@ def diff_events(old: Dict[str, Dict[str, Any]], new: Dict[str, Dict[str, Any]],
     return events
 
 
+# Sub-positions of the events one store position can produce, in the order they are sent.
+_SUB = {"run_started": 0, "run_progress": 1, "run_completed": 2, "run_failed": 2}
+
+
+def positional_seq(events: List[Dict[str, Any]], positions: Dict[str, Dict[str, int]]) -> List[Dict[str, Any]]:
+    """Give events derived from store positions a `seq` every process computes alike.
+
+    With one Themis 4 SQLite or PostgreSQL store, event ids are global and never reused, so
+    `4 * id + kind` numbers "run X reached event id N" the same way in every worker and every
+    replica: a client can resume with `since` on any of them. Events without a position (a
+    pending run appearing, run_stalled, run_removed) are numbered by the hub.
+    """
+    out = []
+    for ev in events:
+        pos = positions.get(ev.get("run_id") or "")
+        kind = ev.get("type")
+        if pos and kind in _SUB:
+            at = pos["started"] if kind == "run_started" and not ev.get("resumed") else \
+                pos["final"] if kind in ("run_completed", "run_failed") else pos["last"]
+            if at:
+                ev = dict(ev, seq=4 * at + _SUB[kind])
+        out.append(ev)
+    numbered = sorted((e for e in out if "seq" in e), key=lambda e: e["seq"])
+    return numbered + [e for e in out if "seq" not in e]
+
+
 def _event(kind: str, summary: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     ev: Dict[str, Any] = {"type": kind, "run_id": summary["run_id"], "data": summary}
     if kind == "run_failed":
@@ -70,7 +96,7 @@ def _event(kind: str, summary: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
 class Monitor:
     """Owns the storage refresh: periodic polls, on-demand freshness for requests, diffing."""
 
-    def __init__(self, store: Store, executor: Executor, *, poll_interval: float = 1.0,
+    def __init__(self, store: Sources, executor: Executor, *, poll_interval: float = 1.0,
                  stalled_after: Optional[float] = None,
                  publish: Optional[Callable[[Dict[str, Any]], None]] = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -162,6 +188,8 @@ class Monitor:
         events = [] if first else diff_events(self._snapshot, new, result.added, result.removed)
         if not first:  # runs already stalled at start-up are state, not news
             events.extend(stalled)
+        if getattr(self.store, "positional", False):
+            events = positional_seq(events, result.positions)
         self._snapshot = new
         for listener in list(self.listeners):
             try:

@@ -135,7 +135,10 @@ class Hub:
                       "events_coalesced": 0, "clients_disconnected_slow": 0}
 
     def publish(self, event: Dict[str, Any]) -> Dict[str, Any]:
-        self.seq += 1
+        # A `seq` derived from store positions (see monitor.positional_seq) is kept when it moves
+        # forward; anything else is numbered after the newest sequence number.
+        wanted = event.get("seq")
+        self.seq = wanted if isinstance(wanted, int) and wanted > self.seq else self.seq + 1
         event = dict(event, seq=self.seq)
         self.stats["events_published"] += 1
         out = Outgoing.of(event)

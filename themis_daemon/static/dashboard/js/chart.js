@@ -25,7 +25,8 @@ function shorten(label, max = 24) {
 }
 
 /**
- * items: [{label, mean, low, high, best}] ; returns an <svg> scaled to its container.
+ * items: [{label, run, title, mean, low, high, best}] ; `run` (the full run id, default `label`)
+ * goes in data-run and `title` (default `label`) in the tooltip. Returns an <svg> scaled to its container.
  */
 export function errorBarChart(metric, items) {
   const values = items.flatMap((it) => [it.mean, it.low, it.high]).filter((v) => v !== null && Number.isFinite(v));
@@ -49,8 +50,8 @@ export function errorBarChart(metric, items) {
   }
   items.forEach((it, i) => {
     const y = TOP + i * ROW + ROW / 2;
-    const group = s("g", { class: "bar" + (it.best ? " best" : ""), "data-run": it.label });
-    group.append(s("title", {}, `${it.label}: mean ${fmtNum(it.mean)}` + (it.low !== null ? `, 95% CI [${fmtNum(it.low)}, ${fmtNum(it.high)}]` : "") + ` (n=${it.n})`));
+    const group = s("g", { class: "bar" + (it.best ? " best" : ""), "data-run": it.run ?? it.label });
+    group.append(s("title", {}, `${it.title ?? it.label}: mean ${fmtNum(it.mean)}` + (it.low !== null ? `, 95% CI [${fmtNum(it.low)}, ${fmtNum(it.high)}]` : "") + ` (n=${it.n})`));
     group.append(s("text", { x: LEFT - 10, y: y + 4, class: "label", "text-anchor": "end" }, shorten(it.label)));
     if (it.mean !== null) {
       group.append(s("rect", { x: x(Math.min(0, it.mean)), y: y - 8, width: Math.abs(x(it.mean) - x(0)), height: 16, class: "mean-bar" }));

@@ -2,7 +2,7 @@
 
 import { api, runPath } from "../api.js";
 import { errorBarChart } from "../chart.js";
-import { clear, errorBox, fmtNum, fmtP, h } from "../dom.js";
+import { clear, errorBox, fmtNum, fmtP, h, isLongId, runIdLabel, shortId } from "../dom.js";
 import { metricStats } from "../stats.js";
 import { store } from "../store.js";
 
@@ -42,7 +42,7 @@ export function mountCompare(root, params) {
   let shownIds = "";
   function renderPicker() {
     const runs = store.list().filter((r) => (r.evaluated || r.num_samples) > 0);
-    const ids = runs.map((r) => r.run_id).join("\n");
+    const ids = runs.map((r) => `${r.run_id} ${r.model || ""}`).join("\n");
     if (ids === shownIds) return;
     shownIds = ids;
     clear(picker);
@@ -52,11 +52,18 @@ export function mountCompare(root, params) {
     }
     for (const r of runs) {
       const id = "pick-" + r.run_id;
-      picker.append(h("label", { class: "pick", for: id },
+      const long = isLongId(r.run_id);
+      picker.append(h("label", { class: "pick", for: id, title: r.run_id },
         h("input", { type: "checkbox", id, value: r.run_id, checked: selected.has(r.run_id),
           onchange: (e) => { if (e.target.checked) selected.add(r.run_id); else selected.delete(r.run_id); } }),
-        " ", h("span", { class: "pick-id" }, r.run_id), " ",
-        h("span", { class: "muted small" }, `${r.status.replace("_", " ")}, ${r.evaluated ?? r.num_samples} samples`)));
+        " ", h("span", { class: "pick-id" + (long ? " mono" : "") }, shortId(r.run_id)), " ",
+        // A 64-hex id says nothing by itself: name the model (and the benchmark) next to it.
+        long && r.model ? [h("span", { class: "pick-model" }, r.model), " "] : null,
+        h("span", { class: "muted small" }, [
+          long && r.experiment_id ? r.experiment_id : null,
+          `${String(r.status || "unknown").replace("_", " ")}`,
+          `${r.evaluated ?? r.num_samples ?? 0} samples`,
+        ].filter(Boolean).join(", "))));
     }
   }
 
@@ -94,12 +101,13 @@ export function mountCompare(root, params) {
 
   function renderResult(result, details) {
     const meta = result.metadata || {};
+    const best = result.overall_best_run;
     clear(output).append(
       h("section", { class: "card" },
         h("h2", {}, "Pairwise results"),
-        h("p", { class: "summary" }, "Overall best run: ", h("strong", { id: "overall-best" }, result.overall_best_run || "–"),
+        h("p", { class: "summary" }, "Overall best run: ", h("strong", { id: "overall-best", title: isLongId(best) ? best : null }, best ? shortId(best) : "–"),
           h("span", { class: "muted" }, ` · ${meta.statistical_test || ""}, α = ${meta.alpha ?? ""}, correction ${meta.correction || meta.multiple_comparison_correction || ""}`)),
-        h("div", { class: "table-scroll" }, pairwiseTable(result)),
+        h("div", { class: "table-scroll" }, pairwiseTable(result, modelsOf(details))),
         h("p", { class: "muted small" }, "Δ = mean A − mean B on the samples both runs have; CI of Δ; the winner is marked ✓ when significant after the correction.")),
       h("section", { class: "card" },
         h("h2", {}, "Means with 95% confidence intervals"),
@@ -112,7 +120,19 @@ export function mountCompare(root, params) {
   return unsubscribe;
 }
 
-function pairwiseTable(result) {
+/** run id -> model, for labelling 64-hex ids. */
+function modelsOf(details) {
+  return new Map(details.map((d) => [d.run_id, d.model]));
+}
+
+/** How a run is named in the chart: a short id with its model for 64-hex ids. */
+function runLabel(id, models) {
+  if (!isLongId(id)) return id;
+  const model = models.get(id);
+  return model ? `${shortId(id, 8)} ${model}` : shortId(id);
+}
+
+function pairwiseTable(result, models) {
   return h("table", { class: "pairwise", id: "pairwise-table" },
     h("thead", {}, h("tr", {},
       h("th", {}, "Metric"), h("th", {}, "Run A"), h("th", {}, "Run B"), h("th", { class: "num" }, "Mean A"),
@@ -124,8 +144,8 @@ function pairwiseTable(result) {
       return h("tr", { dataset: { metric: row.metric, runA: row.run_a, runB: row.run_b, significant: String(Boolean(significant)) },
         class: significant ? "significant" : null },
         h("td", { "data-label": "Metric" }, row.metric),
-        h("td", { "data-label": "Run A" }, row.run_a),
-        h("td", { "data-label": "Run B" }, row.run_b),
+        h("td", { "data-label": "Run A" }, runCell(row.run_a, models)),
+        h("td", { "data-label": "Run B" }, runCell(row.run_b, models)),
         h("td", { "data-label": "Mean A", class: "num" }, fmtNum(row.run_a_mean)),
         h("td", { "data-label": "Mean B", class: "num" }, fmtNum(row.run_b_mean)),
         h("td", { "data-label": "Δ", class: "num" }, fmtNum(row.delta)),
@@ -134,18 +154,25 @@ function pairwiseTable(result) {
         h("td", { "data-label": "corrected p", class: "num" }, fmtP(row.corrected_p_value)),
         h("td", { "data-label": "Winner", class: "winner" },
           significant && winner !== "tie" && winner !== "–"
-            ? h("span", { class: "badge win" }, `✓ ${winner}`)
-            : h("span", { class: "muted" }, winner === "–" ? "–" : `${winner} (not significant)`)));
+            ? h("span", { class: "badge win", title: isLongId(winner) ? winner : null }, `✓ ${shortId(winner)}`)
+            : h("span", { class: "muted", title: isLongId(winner) ? winner : null }, winner === "–" ? "–" : `${shortId(winner)} (not significant)`)));
     })));
 }
 
+function runCell(id, models) {
+  if (!isLongId(id)) return id;
+  const model = models.get(id);
+  return h("div", {}, runIdLabel(id, { href: "#/runs/" + encodeURIComponent(id) }), model ? h("div", { class: "muted small" }, model) : null);
+}
+
 function chartsFor(result, details) {
+  const models = modelsOf(details);
   const stats = new Map(details.map((d) => [d.run_id, metricStats(d.samples || [])]));
   return (result.metrics || []).map((metric) => {
     const best = (result.best_run_per_metric || {})[metric];
     const items = result.run_ids.map((id) => {
       const st = (stats.get(id) || {})[metric] || { n: 0, mean: null, low: null, high: null };
-      return { label: id, ...st, best: id === best };
+      return { label: runLabel(id, models), run: id, title: id, ...st, best: id === best };
     });
     return h("figure", { class: "chart-box" }, errorBarChart(metric, items));
   });

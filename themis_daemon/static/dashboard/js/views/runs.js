@@ -1,10 +1,12 @@
-// The runs table: status, progress, sample counts, metric means; filters; live updates.
+// The runs table: format, source, id, model, benchmark, status, progress, sample counts, metric
+// means; filters; live updates.
 
-import { clear, errorBox, fmtNum, fmtTime, h, progressBar, statusBadge } from "../dom.js";
+import { clear, errorBox, fmtNum, fmtTime, formatBadge, h, progressBar, runIdLabel, statusLine } from "../dom.js";
 import { store } from "../store.js";
 
-const STATUSES = ["in_progress", "completed", "failed", "cancelled"];
-const filters = { status: "", experiment: "" };
+const STATUSES = ["pending", "in_progress", "completed", "failed", "cancelled"];
+const filters = { status: "", experiment: "", source: "" };
+const COLUMNS = 9;
 
 export function mountRuns(root) {
   const statusSelect = h("select", { id: "filter-status", onchange: (e) => { filters.status = e.target.value; render(); } },
@@ -12,12 +14,16 @@ export function mountRuns(root) {
     STATUSES.map((st) => h("option", { value: st }, st.replace("_", " "))));
   statusSelect.value = filters.status;
   const experimentSelect = h("select", { id: "filter-experiment", onchange: (e) => { filters.experiment = e.target.value; render(); } });
+  const sourceSelect = h("select", { id: "filter-source", onchange: (e) => { filters.source = e.target.value; render(); } });
+  const sourceLabel = h("label", { hidden: true }, "Source ", sourceSelect);
   const count = h("span", { class: "muted", id: "runs-count" });
   const message = h("div");
   const body = h("tbody");
   const table = h("table", { class: "runs", id: "runs-table" },
     h("thead", {}, h("tr", {},
-      h("th", {}, "Run"), h("th", {}, "Status"), h("th", { class: "col-progress" }, "Progress"),
+      h("th", {}, "Run"), h("th", {}, "Source"), h("th", {}, "Model"),
+      h("th", { title: "Themis 1.x: experiment; Themis 4: benchmark (or dataset)" }, "Benchmark"),
+      h("th", {}, "Status"), h("th", { class: "col-progress" }, "Progress"),
       h("th", { class: "num" }, "Samples"), h("th", {}, "Metric means"), h("th", {}, "Created"))),
     body);
 
@@ -25,30 +31,37 @@ export function mountRuns(root) {
     h("section", { class: "toolbar" },
       h("h1", {}, "Runs"),
       h("label", {}, "Status ", statusSelect),
-      h("label", {}, "Experiment ", experimentSelect),
+      h("label", { title: "Themis 1.x experiment or Themis 4 benchmark" }, "Experiment ", experimentSelect),
+      sourceLabel,
       count),
     message,
     h("div", { class: "table-scroll" }, table));
 
-  function renderExperiments(all) {
-    const experiments = [...new Set(all.map((r) => r.experiment_id))].sort();
-    const current = filters.experiment;
-    clear(experimentSelect).append(h("option", { value: "" }, "all experiments"),
-      ...experiments.map((e) => h("option", { value: e }, e)));
-    experimentSelect.value = experiments.includes(current) ? current : "";
+  function renderChoices(select, values, current, allLabel) {
+    clear(select).append(h("option", { value: "" }, allLabel), ...values.map((v) => h("option", { value: v }, v)));
+    select.value = values.includes(current) ? current : "";
+  }
+
+  function distinct(all, key) {
+    return [...new Set(all.map((r) => r[key]).filter((v) => v !== null && v !== undefined))].map(String).sort();
   }
 
   function render() {
     const all = store.list();
-    renderExperiments(all);
+    renderChoices(experimentSelect, distinct(all, "experiment_id"), filters.experiment, "all experiments");
+    const sources = distinct(all, "source");
+    renderChoices(sourceSelect, sources, filters.source, "all sources");
+    // Only worth a filter when the daemon serves more than one store.
+    sourceLabel.hidden = sources.length < 2 && !filters.source;
     const shown = all.filter((r) => (!filters.status || r.status === filters.status)
-      && (!filters.experiment || r.experiment_id === filters.experiment));
+      && (!filters.experiment || r.experiment_id === filters.experiment)
+      && (!filters.source || r.source === filters.source));
     clear(message);
     if (store.error) message.append(errorBox(store.error, store.error.title || "Cannot load runs:"));
     count.textContent = store.loaded ? `${shown.length} of ${all.length} runs` : store.error ? "" : "loading…";
     clear(body).append(...shown.map(row));
     if (store.loaded && shown.length === 0) {
-      body.append(h("tr", {}, h("td", { colspan: 6, class: "muted empty" },
+      body.append(h("tr", {}, h("td", { colspan: COLUMNS, class: "muted empty" },
         all.length ? "No run matches these filters." : "No runs in the storage yet.")));
     }
   }
@@ -60,21 +73,28 @@ export function mountRuns(root) {
 function row(run) {
   const link = "#/runs/" + encodeURIComponent(run.run_id);
   const expected = run.expected_samples;
+  const done = run.evaluated ?? run.num_samples ?? 0;
   const samples = h("div", {},
     h("span", { class: "sample-count", title: "evaluated / expected" },
-      `${run.evaluated ?? run.num_samples}${expected !== null && expected !== undefined ? " / " + expected : ""}`),
+      `${done}${expected !== null && expected !== undefined ? " / " + expected : ""}`),
     run.failed ? h("span", { class: "failed-count", title: "failed generations" }, ` ${run.failed} failed`) : null);
   const metrics = Object.entries(run.metrics || {}).map(([name, value]) =>
     h("span", { class: "metric" }, h("span", { class: "metric-name" }, name), " ", fmtNum(value)));
-  return h("tr", { dataset: { runId: run.run_id, status: run.status }, class: run.error ? "has-error" : null },
+  const dash = h("span", { class: "muted" }, "–");
+  return h("tr", { dataset: run.format ? { runId: run.run_id, status: run.status, format: run.format } : { runId: run.run_id, status: run.status }, class: run.error ? "has-error" : null },
     h("td", { "data-label": "Run" }, h("div", {},
-      h("a", { href: link, class: "run-link" }, run.run_id),
-      h("div", { class: "muted small" }, run.experiment_id, run.model ? " · " + run.model : ""),
+      runIdLabel(run.run_id, { href: link, cls: "run-link" }),
       run.error ? h("div", { class: "error-text small" }, run.error) : null)),
+    h("td", { "data-label": "Source", class: "col-source" }, h("div", { class: "source" },
+      formatBadge(run.format), run.source ? h("span", { class: "source-name" }, run.source) : (run.format ? null : dash))),
+    h("td", { "data-label": "Model", class: "col-model" }, run.model ? h("span", { class: "model" }, run.model) : dash),
+    h("td", { "data-label": "Benchmark", class: "col-benchmark" },
+      run.experiment_id !== null && run.experiment_id !== undefined ? h("span", { class: "benchmark" }, run.experiment_id) : dash),
     h("td", { "data-label": "Status" }, h("div", {},
-      statusBadge(run.stalled && run.status === "in_progress" ? "stalled" : run.status),
+      statusLine(run),
       run.error_message ? h("div", { class: "error-text small" }, run.error_message) : null)),
-    h("td", { "data-label": "Progress", class: "col-progress" }, progressBar(run.progress, `progress of ${run.run_id}`)),
+    h("td", { "data-label": "Progress", class: "col-progress" },
+      progressBar(run.progress, `progress of ${run.run_id}`, { pending: run.status === "pending" })),
     h("td", { "data-label": "Samples", class: "num" }, samples),
     h("td", { "data-label": "Metrics" }, h("div", { class: "metrics" }, metrics.length ? metrics : h("span", { class: "muted" }, "–"))),
     h("td", { "data-label": "Created" }, fmtTime(run.created_at)));
