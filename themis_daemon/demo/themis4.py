@@ -1178,8 +1178,8 @@ class RunHandle:
                     "stage": "score", "case_hash": self._hash_case(spec.case),
                     "parsed_hash": content_hash(parsed[cid]), "metric_ref": ref,
                     "prompt_spec": ident["evaluation_prompt_spec"]})
-        hits = self._lookup("score", [k for (cid, m), k in score_keys.items()
-                                      if m not in self.cases_overrides(specs, cid)])
+        given = {s.case["case_id"]: set(s.scores) | set(s.score_errors) for s in live}
+        hits = self._lookup("score", [k for (cid, m), k in score_keys.items() if m not in given[cid]])
         for metric in self.metrics:
             for spec in live:
                 cid = spec.case["case_id"]
@@ -1211,14 +1211,6 @@ class RunHandle:
                     "score_completed", cache_hit=False, candidate_id=candidate_id, case_id=cid, metric_id=metric,
                     score=score, source_run_id=None)))
                 self._cache_out("score", key, {"score": score, "source_run_id": self.run_id})
-
-    @staticmethod
-    def cases_overrides(specs: Sequence[_CaseSpec], case_id: str) -> Iterable[str]:
-        """Metrics of ``case_id`` whose value or error is given explicitly (no cache read)."""
-        for spec in specs:
-            if spec.case["case_id"] == case_id:
-                return set(spec.scores) | set(spec.score_errors)
-        return set()
 
 
 class Themis4Writer:
@@ -1335,12 +1327,10 @@ class Themis4Writer:
                     cut = len(ops)
                     handle._wave(in_flight)
                     kept = ops[:cut]
-                    seen = 0
                     for op in ops[cut:]:
                         if op[0] == "event" and op[1] != "generation_completed":
                             break
                         kept.append(op)
-                        seen += op[0] == "event"
                     ops[:] = kept
                 elif outcome == "failed":
                     ops.append(("event", "run_failed", handle._event("run_failed", error_message=error_message)))

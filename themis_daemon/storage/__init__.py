@@ -4,9 +4,9 @@
 file layout, `themis4/` the event-sourced stores of themis-eval 4.x (SQLite, JSONL, PostgreSQL).
 """
 
-from .base import FINAL_STATUSES, STATUSES, NotAStore, RefreshResult, RunNotFound
+from .base import FINAL_STATUSES, STATUSES, NotAStore, RefreshResult, RunNotFound, Unavailable
 from .sources import AmbiguousRun, Sources, detect, open_source, open_sources
 from .themis1 import Store
 
 __all__ = ["AmbiguousRun", "FINAL_STATUSES", "NotAStore", "RefreshResult", "RunNotFound", "STATUSES",
-           "Sources", "Store", "detect", "open_source", "open_sources"]
+           "Sources", "Store", "Unavailable", "detect", "open_source", "open_sources"]

@@ -23,6 +23,16 @@ class NotAStore(Exception):
     """A configured path or URL is not a store this daemon can read (fatal at start-up)."""
 
 
+class Unavailable(Exception):
+    """A transient condition (database locked, hot journal, server down): keep the last known
+    state, report the message, and try again at a later poll. `transient` marks conditions
+    that normally clear within a poll or two (a writer holding its lock)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
 @dataclass
 class RefreshResult:
     added: List[str] = field(default_factory=list)

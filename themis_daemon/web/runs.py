@@ -7,7 +7,7 @@ import hashlib
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import jsonutil
-from ..storage import STATUSES, AmbiguousRun, RunNotFound
+from ..storage import STATUSES, AmbiguousRun, RunNotFound, Unavailable
 from .base import ApiError, BaseHandler
 
 SORT_KEYS = ("created_at", "updated_at", "completed_at", "run_id", "experiment_id", "status",
@@ -95,7 +95,11 @@ class RunHandler(CachedBodyMixin, BaseHandler):
         hit = self.daemon.cache.get(("run", run_id, state.version, stalled, page))
         if hit is None:
             loop = asyncio.get_running_loop()
-            body, version = await loop.run_in_executor(self.daemon.executor, self._render, run_id, stalled, page)
+            try:
+                body, version = await loop.run_in_executor(self.daemon.executor, self._render, run_id, stalled, page)
+            except Unavailable as exc:
+                raise ApiError(503, f"Run details cannot be read right now: {exc}",
+                               headers={"Retry-After": "1"}) from None
             hit = (body, _etag(body))
             self.daemon.cache.put(("run", run_id, version, stalled, page), hit)
         self.send_cached(*hit)

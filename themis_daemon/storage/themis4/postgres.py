@@ -102,6 +102,7 @@ class PostgresReader(EventReader):
         self._delay = 0.0
         self._retry_at = 0.0
         self._last_error = ""
+        self._reason = ""  # why the last connection attempt failed
         # cursor state (only changed after a poll's transaction succeeded)
         self._table: Optional[int] = None          # oid of run_events: a new table means a new store
         self._cursor = 0                           # every id <= cursor was scanned
@@ -135,7 +136,7 @@ class PostgresReader(EventReader):
                 conn = self._connection()
             except Unavailable:
                 raise NotAStore(f"{where}: cannot connect to the PostgreSQL server at start-up "
-                                f"({self._last_error}); {EXPECTED}") from None
+                                f"({self._reason or self._last_error}); {EXPECTED}") from None
             pg = self._psycopg
             try:
                 with conn.transaction():
@@ -341,7 +342,8 @@ class PostgresReader(EventReader):
                 conn.close()
                 raise
         except pg.Error as exc:
-            self._fail(f"cannot connect: {self._clean(exc)}")
+            self._reason = re.sub(r"^connection failed: ", "", self._clean(exc))
+            self._fail(f"cannot connect: {self._reason}")
             raise Unavailable(f"{self.describe()}: {self._last_error}") from None
         if self._delay:
             log.info("%s: connected again", self.describe())

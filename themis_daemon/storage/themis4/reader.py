@@ -10,13 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set
 
+from ..base import Unavailable  # noqa: F401  (re-exported for the readers)
+
 # Rows per poll: keeps every read transaction short (a few ms) so a writer is never held up.
 DEFAULT_BATCH = 5000
-
-
-class Unavailable(Exception):
-    """A transient condition (database locked, hot journal, server down): keep the last known
-    state, report the message, and try again at a later poll."""
 
 
 @dataclass

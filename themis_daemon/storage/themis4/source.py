@@ -118,6 +118,8 @@ class Themis4Source:
         self.unknown_events = 0
         self.orphan_events = 0
         self.polls = 0
+        self.lock_grace = 5.0  # seconds a lock may last before the store is reported as unavailable
+        self._locked_since: Optional[float] = None
         self._logged: set = set()
 
     # ------------------------------------------------------------------ refresh
@@ -128,27 +130,37 @@ class Themis4Source:
         with self._refresh_lock:
             try:
                 self._refresh(res)
-                if self.error is not None:
-                    log.info("store %s is readable again", self.name)
-                    self._logged.discard(self.error)
-                    self.generation += 1  # summaries lose their error
-                    res.changed.extend(self._runs)
-                self.error = self.root_error = None
+                self._locked_since = None
+                self._set_error(None, res)
             except Unavailable as exc:
                 message = str(exc)
-                if message != self.error:
-                    self.generation += 1
-                    res.changed.extend(self._runs)
-                    for run in self._runs.values():
-                        run._summary = None
-                self.error = self.root_error = res.error = message
-                if message not in self._logged:
-                    self._logged.add(message)
-                    log.warning("store %s: %s", self.name, message)
-            self.scanned = self.scanned or self.error is None
+                if getattr(exc, "transient", False):
+                    # A writer's commit holds the lock for a moment: only a lock that lasts is news.
+                    now = time.monotonic()
+                    self._locked_since = self._locked_since or now
+                    if now - self._locked_since < self.lock_grace:
+                        message = None
+                if message is not None:
+                    res.error = message
+                    self._set_error(message, res)
             self.last_refresh = self.clock()
         res.duration = time.perf_counter() - start
         return res
+
+    def _set_error(self, message: Optional[str], res: RefreshResult) -> None:
+        if message == self.error:
+            return
+        if message is None:
+            log.info("store %s is readable again", self.name)
+        elif message not in self._logged:
+            self._logged.add(message)
+            log.warning("store %s: %s", self.name, message)
+        self.error = self.root_error = message
+        self.generation += 1
+        for run_id, run in self._runs.items():
+            run._summary = None  # every summary carries the store's error
+            if run_id not in res.changed:
+                res.changed.append(run_id)
 
     def _refresh(self, res: RefreshResult) -> None:
         with self._lock:
@@ -209,6 +221,7 @@ class Themis4Source:
         if res.added or res.removed or res.changed:
             self.generation += 1
         self._runs = runs
+        self.scanned = True
 
     # ------------------------------------------------------------------ queries
 

@@ -76,7 +76,7 @@ class SqliteReader(EventReader):
             message = self._explain(exc)
             if "locked" not in str(exc) and conn.in_transaction is False:
                 self.close()  # a replaced or broken file: open it afresh next time
-            raise Unavailable(message) from None
+            raise Unavailable(message, transient="locked" in str(exc)) from None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -139,7 +139,7 @@ class SqliteReader(EventReader):
             message = self._explain(exc)
             if "locked" not in str(exc):
                 self.close()
-            raise Unavailable(message) from None
+            raise Unavailable(message, transient="locked" in str(exc)) from None
         if not out.more:
             self._probe_at_poll = sig
         return out

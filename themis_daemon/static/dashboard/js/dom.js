@@ -130,18 +130,18 @@ export function copyButton(text, what = "run id") {
       e.stopPropagation();
       const ok = await writeClipboard(text);
       button.dataset.copied = ok ? "true" : "false";
-      button.textContent = ok ? "✓" : "✗";
+      button.textContent = ok ? "copied" : "copy failed";
       clearTimeout(button.resetTimer);
-      button.resetTimer = setTimeout(() => { button.textContent = "⧉"; delete button.dataset.copied; }, 1500);
+      button.resetTimer = setTimeout(() => { button.textContent = "copy"; delete button.dataset.copied; }, 1500);
     },
-  }, "⧉");
+  }, "copy");
   return button;
 }
 
 /** A run id as shown: 64-hex ids shortened (full id in the title, plus a copy button); a link when `href`. */
 export function runIdLabel(id, { href = null, cls = "run-id" } = {}) {
   const long = isLongId(id);
-  const text = h(href ? "a" : "span", { class: cls + (long ? " short-id mono" : ""), href, title: long ? id : null }, shortId(id));
+  const text = h(href ? "a" : "span", { class: cls + (long ? " short-id" : ""), href, title: long ? id : null }, shortId(id));
   return long ? h("span", { class: "id-with-copy" }, text, copyButton(id)) : text;
 }
 

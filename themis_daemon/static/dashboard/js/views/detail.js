@@ -68,9 +68,9 @@ export function mountDetail(root, runId) {
     if (manifest.dataset && manifest.dataset.fingerprint) facts.push(["Dataset", manifest.dataset.fingerprint.slice(0, 16) + "…"]);
     if (d.error_message) facts.push(["Error", h("span", { class: "error-text" }, d.error_message)]);
     if (d.error) facts.push(["Read error", h("span", { class: "error-text" }, d.error)]);
-    clear(head).append(
+    clear(head).append(...[
       h("div", { class: "run-head" },
-        h("h1", { class: "run-title" + (isLongId(d.run_id) ? " short-id mono" : ""), title: isLongId(d.run_id) ? d.run_id : null }, shortId(d.run_id)),
+        h("h1", { class: "run-title" + (isLongId(d.run_id) ? " short-id" : ""), title: isLongId(d.run_id) ? d.run_id : null }, shortId(d.run_id)),
         isLongId(d.run_id) ? copyButton(d.run_id) : null,
         formatBadge(d.format)),
       progressBar(d.progress, `progress of ${d.run_id}`, { pending: d.status === "pending" }),
@@ -78,7 +78,13 @@ export function mountDetail(root, runId) {
       d.metadata && d.metadata.config_snapshot
         ? h("details", {}, h("summary", {}, "Configuration snapshot"),
           h("pre", { class: "json" }, JSON.stringify(d.metadata.config_snapshot, null, 2)))
-        : null);
+        : null,
+      // Themis 4: the run's snapshot (identity, datasets, components) as the store keeps it.
+      d.metadata && d.metadata.snapshot && !d.metadata.config_snapshot
+        ? h("details", { id: "run-snapshot" }, h("summary", {}, "Themis snapshot"),
+          h("pre", { class: "json" }, JSON.stringify(d.metadata.snapshot, null, 2)))
+        : null,
+    ].filter(Boolean));
   }
 
   function renderMetrics() {
