@@ -10,6 +10,7 @@ from typing import Any, Dict
 import pytest
 
 from themis_daemon import create_app
+from pg_fixtures import *  # noqa: F401,F403  (a real PostgreSQL server for the Themis 4 tests)
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 PLAIN = os.path.join(DATA, "themis-v1")

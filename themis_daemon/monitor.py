@@ -43,9 +43,9 @@ def diff_events(old: Dict[str, Dict[str, Any]], new: Dict[str, Dict[str, Any]],
             continue
         prev_status = prev.get("status")
         grew = any(cur.get(k) != prev.get(k) for k in ("generated", "evaluated"))
-        if prev_status in FINAL_EVENTS and status == "in_progress":
-            events.append(_event("run_started", cur, resumed=True))
-        elif prev_status in FINAL_EVENTS and status == prev_status and grew:
+        if prev_status == "pending" and status not in ("pending", None):
+            events.append(_event("run_started", cur))  # a submitted Themis 4 run began
+        elif prev_status in FINAL_EVENTS and (status == "in_progress" or grew):
             events.append(_event("run_started", cur, resumed=True))
         if any(cur.get(k) != prev.get(k) for k in PROGRESS_FIELDS):
             ev = _event("run_progress", cur)
@@ -87,6 +87,8 @@ def positional_seq(events: List[Dict[str, Any]], positions: Dict[str, Dict[str, 
 
 def _event(kind: str, summary: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     ev: Dict[str, Any] = {"type": kind, "run_id": summary["run_id"], "data": summary}
+    if summary.get("resumed"):
+        ev["resumed"] = True  # a Themis 4 run that went on after a final event
     if kind == "run_failed":
         ev["error_message"] = summary.get("error_message")
     ev.update(extra)

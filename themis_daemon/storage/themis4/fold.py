@@ -456,6 +456,8 @@ def summary_fields(fold: RunFold) -> Dict[str, Any]:
         "evaluated": counts["evaluated"],
         "failed": counts["failed"],
         "progress": progress,
+        # events after a run_completed/run_failed: Themis re-ran the run (it records no resume)
+        "resumed": fold.finals > 1 or (fold.final_pos is not None and (fold.last_pos or 0) > fold.final_pos),
     }
 
 

@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..base import NotAStore
 from .reader import DEFAULT_BATCH, EventReader, Poll, Row, Unavailable, redact_url
@@ -69,7 +69,7 @@ def _url_passwords(location: str) -> List[str]:
     try:
         parts = urlsplit(location)
         if parts.password:
-            out.append(parts.password)
+            out += [parts.password, unquote(parts.password)]
         out.extend(v for k, v in parse_qsl(parts.query) if k.lower() == "password" and v)
     except ValueError:
         pass

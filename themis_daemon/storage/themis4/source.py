@@ -56,6 +56,13 @@ def _epoch(stamp: Optional[str]) -> Optional[float]:
         return None
 
 
+class _Undecodable:
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+
 class V4Run:
     """One run: its fold plus what the API needs around it (version, errors, a cached summary)."""
 
@@ -69,15 +76,17 @@ class V4Run:
         self.last_change = time.time()
         self._summary: Optional[Tuple[int, Dict[str, Any]]] = None
 
-    def apply(self, pos: int, data: Any) -> None:
+    def decode(self, pos: int, data: Any) -> Any:
+        """The decoded event, or an `_Undecodable` marker the fold counts as a bad event."""
         try:
-            event = decode(data)
+            return decode(data)
         except (ValueError, UnicodeDecodeError) as exc:
-            self.fold.apply(pos, None)
-            self.fold.last_bad = f"event at position {pos} is not valid JSON: {exc}"
-            self.error = self.fold.last_bad
-            return
-        self.fold.apply(pos, event)
+            return _Undecodable(f"event at position {pos} is not valid JSON: {exc}")
+
+    def apply(self, pos: int, event: Any) -> None:
+        self.fold.apply(pos, None if isinstance(event, _Undecodable) else event)
+        if isinstance(event, _Undecodable):
+            self.fold.last_bad = event.message
         if self.fold.bad_events:
             self.error = f"{self.fold.bad_events} unreadable event(s); last: {self.fold.last_bad}"
 
@@ -201,8 +210,16 @@ class Themis4Source:
                 if run is None:
                     self.orphan_events += 1
                     continue
+                event = run.decode(row.pos, row.data)
+                if run.fold.started_pos is not None and isinstance(event, dict) \
+                        and event.get("event_type") == "run_started":
+                    # Themis writes run_started once per run; a second one means the run was
+                    # deleted and written again (existing_run_policy=rerun): start over.
+                    fresh = V4Run(row.run_id, run.fold.snapshot, run.token, self)
+                    fresh.version = run.version + 1
+                    runs[row.run_id] = run = fresh
                 before = run.fold.unknown_events
-                run.apply(row.pos, row.data)
+                run.apply(row.pos, event)
                 self.unknown_events += run.fold.unknown_events - before
                 touched[row.run_id] = run
             if not poll.more:
