@@ -31,6 +31,8 @@ TEST_REQUIRES = [
     # /openapi.json validity, and the docs/dashboard tests in Debian's headless Chromium
     "openapi-spec-validator>=0.7",
     "playwright>=1.40",
+    # the PostgreSQL reader's tests (tests/test_pg_reader.py, against Debian's postgresql server)
+    "psycopg[binary]>=3.1",
 ]
 
 setup(
@@ -63,7 +65,7 @@ setup(
         "prometheus_client>=0.17",
         "orjson>=3.9",
     ],
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "postgres": ["psycopg[binary]>=3.1"]},
     entry_points={
         "console_scripts": [
             "themis-daemon=themis_daemon.cli:main",

@@ -1,5 +1,6 @@
 """The dashboard and the docs pages in a real browser: Debian's headless Chromium driven by
-Playwright, against a daemon subprocess serving a copy of the fixture store.
+Playwright, against daemon subprocesses serving copies of the fixture stores (Themis 1.x, and
+the Themis 4 SQLite store of tests/data/themis-v4/sqlite).
 
 Every page runs with requests to anything but the daemon aborted and recorded: none may happen.
 Screenshots go to tests/screenshots/ for people to look at.
@@ -7,6 +8,7 @@ Screenshots go to tests/screenshots/ for people to look at.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,10 +16,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
-from conftest import PLAIN, copy_store
+from conftest import DATA, PLAIN, copy_store
 from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset
 
 CHROMIUM = os.environ.get("THEMIS_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -26,12 +29,15 @@ if not os.path.isfile(CHROMIUM):
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 expect = sync_api.expect
+# Generous waits: the suite must pass on a loaded 2-core machine.
+expect.set_options(timeout=30_000)
 
 SHOTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
 FIXTURE_RUNS = {"fake-direct", "fake-terse", "fake-swapped", "fake-live", "fake-failed"}
-TIMEOUT_MS = 15_000
+TIMEOUT_MS = 30_000
+V4_SQLITE = os.path.join(DATA, "themis-v4", "sqlite")
 
 
 class Daemon:
@@ -57,7 +63,7 @@ class Daemon:
                     found.set()
 
         threading.Thread(target=drain, daemon=True).start()
-        if not found.wait(20):
+        if not found.wait(60):
             self.stop()
             raise RuntimeError("daemon did not start:\n" + "".join(self.lines))
 
@@ -168,7 +174,7 @@ def progress_of(page, run_id: str) -> float:
     return float(value) if value is not None else -1.0
 
 
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -269,7 +275,7 @@ def test_polling_fallback_without_websocket(open_page, store):
     expect(page.locator('tr[data-run-id="poll-x"]')).to_be_visible()
     before = progress_of(page, "poll-x")
     writer.step(10)
-    wait_for(lambda: progress_of(page, "poll-x") > before, timeout=12, what="a polled update")
+    wait_for(lambda: progress_of(page, "poll-x") > before, what="a polled update")
     writer.complete()
     p.check_clean()
 
@@ -391,3 +397,194 @@ def test_api_key_field(open_page, store):
         p.check_clean(allowed_errors=("401", "403", "WebSocket"))
     finally:
         keyed.stop()
+
+
+# ---------------------------------------------------------------------------------- Themis 4
+
+
+with open(os.path.join(V4_SQLITE, "manifest.json"), encoding="utf-8") as _fh:
+    V4_RUNS = {name: info["run_id"] for name, info in json.load(_fh)["runs"].items()}
+
+
+@pytest.fixture(scope="module")
+def v4_daemon(tmp_path_factory):
+    """A daemon serving a copy of the Themis 4 SQLite fixture store (12 runs of themis-eval 4.0.2)."""
+    root = copy_store(V4_SQLITE, str(tmp_path_factory.mktemp("dash-v4") / "sqlite"))
+    d = Daemon(os.path.join(root, "themis.sqlite3"))
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def open_v4_page(browser, v4_daemon):
+    pages = []
+
+    def opener(**kw):
+        p = Page(browser, v4_daemon.url, **kw)
+        pages.append(p)
+        return p
+
+    yield opener
+    for p in pages:
+        p.close()
+
+
+def api_runs(base: str) -> dict:
+    with urllib.request.urlopen(base + "/api/runs", timeout=30) as resp:
+        return {r["run_id"]: r for r in json.load(resp)}
+
+
+def test_v4_runs_list_shows_format_short_ids_and_native_status(open_v4_page, v4_daemon):
+    summaries = api_runs(v4_daemon.url)
+    assert set(V4_RUNS.values()) <= set(summaries)
+    p = open_v4_page()
+    page = p.goto("/dashboard/")
+    for name, run_id in V4_RUNS.items():
+        row = page.locator(f'tr[data-run-id="{run_id}"]')
+        expect(row).to_be_visible()
+        expect(row.locator(".fmt")).to_have_text("v4")
+        link = row.locator("a.run-link")
+        expect(link).to_have_text(run_id[:10])  # short id shown, the full one on hover and in the link
+        expect(link).to_have_attribute("title", run_id)
+        expect(link).to_have_attribute("href", f"#/runs/{run_id}")
+        summary = summaries[run_id]
+        expect(row.locator(".source-name")).to_have_text(summary["source"])
+        expect(row.locator(".model")).to_have_text(summary["model"])
+        expect(row.locator(".benchmark")).to_have_text(summary["experiment_id"])
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+
+    pending = page.locator(f'tr[data-run-id="{V4_RUNS["pending"]}"]')
+    expect(pending.locator(".badge")).to_have_text("pending")
+    expect(pending.locator(".badge")).to_have_class(re.compile(r"\bstatus-pending\b"))
+    bar = pending.locator('[role="progressbar"]')
+    expect(bar).to_have_attribute("aria-valuetext", "not started")
+    assert bar.get_attribute("aria-valuenow") is None
+    expect(pending.locator(".native-status")).to_have_count(0)  # pending is pending: nothing to add
+
+    flaky = page.locator(f'tr[data-run-id="{V4_RUNS["flaky"]}"]')
+    expect(flaky.locator(".badge")).to_have_text("completed")
+    expect(flaky.locator(".native-status")).to_have_text("partial_failure")
+    expect(flaky.locator(".status-line")).to_have_text(re.compile(r"completed\s*·\s*partial_failure"))
+    # Same meaning, nothing to show: completed/completed, in_progress/running, failed/failed.
+    for name in ("alpha", "killed", "invalid"):
+        expect(page.locator(f'tr[data-run-id="{V4_RUNS[name]}"] .native-status')).to_have_count(0)
+    p.shot("dashboard-v4-runs.png")
+
+    # The full id on hover: the link's title shows as a tooltip.
+    alpha = page.locator(f'tr[data-run-id="{V4_RUNS["alpha"]}"]')
+    alpha.locator("a.run-link").hover()
+    expect(alpha.locator("a.run-link")).to_have_attribute("title", V4_RUNS["alpha"])
+    # The copy button puts the full id on the clipboard.
+    p.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=v4_daemon.url)
+    alpha.locator("button.copy-id").click()
+    expect(alpha.locator("button.copy-id")).to_have_attribute("data-copied", "true")
+    assert page.evaluate("navigator.clipboard.readText()") == V4_RUNS["alpha"]
+
+    page.select_option("#filter-status", "pending")
+    expect(page.locator("tr[data-run-id]")).to_have_count(1)
+    expect(page.locator("tr[data-run-id]")).to_have_attribute("data-run-id", V4_RUNS["pending"])
+    page.select_option("#filter-status", "completed")
+    completed = sorted(i for i, r in summaries.items() if r["status"] == "completed")
+    expect(page.locator("tr[data-run-id]")).to_have_count(len(completed))
+    p.check_clean()
+
+
+def test_v4_run_detail_shows_reference(open_v4_page):
+    alpha = V4_RUNS["alpha"]
+    p = open_v4_page(height=1000)
+    page = p.goto(f"/dashboard/#/runs/{alpha}")
+    title = page.locator("h1.run-title")
+    expect(title).to_have_text(alpha[:10])
+    expect(title).to_have_attribute("title", alpha)
+    expect(page.locator("#full-run-id")).to_have_text(alpha)
+    facts = page.locator(".facts")
+    expect(facts).to_contain_text("fake-alpha")
+    expect(facts).to_contain_text("arith-24")
+    expect(page.locator("#run-source .fmt")).to_have_text("v4")
+    expect(page.locator("#run-source .source-name")).not_to_be_empty()
+    rows = page.locator("#samples-table tbody tr")
+    expect(rows).to_have_count(20)
+    # q03: the model said "49"; the reference answer is next to it.
+    q03 = page.locator('#samples-table tr[data-sample-id="q03"]')
+    expect(q03.locator(".response")).to_have_text("49")
+    expect(q03.locator(".reference")).to_have_text("the answer is 42")
+    expect(page.locator("#samples-table thead")).to_contain_text("Reference")
+    p.shot("dashboard-v4-detail.png")
+    page.fill("#sample-search", "the answer is 42")  # only q03's reference says so
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-sample-id", "q03")
+
+    # A unique prefix of >= 8 hex characters names the same run.
+    page.goto(f"{p.base}/dashboard/#/runs/{alpha[:12]}")
+    expect(page.locator("#full-run-id")).to_have_text(alpha)
+    expect(page.locator("h1.run-title")).to_have_text(alpha[:10])
+    p.check_clean()
+
+
+def test_v4_run_detail_metric_errors_candidates_and_pending(open_v4_page):
+    p = open_v4_page(height=1000)
+    page = p.goto(f"/dashboard/#/runs/{V4_RUNS['score_errors']}")
+    expect(page.locator(".facts")).to_contain_text("partial_failure")
+    q05 = page.locator('#samples-table tr[data-sample-id="q05"]')
+    expect(q05).to_have_class(re.compile(r"\bfailure\b"))
+    expect(q05.locator('.metric-error[data-metric="metric/format_closeness"]')).to_contain_text("metric/format_closeness")
+    page.check("#failures-only")
+    expect(page.locator("#samples-table tbody tr.failure").first).to_be_visible()
+    assert page.locator("#samples-table tbody tr:not(.failure)").count() == 0
+
+    # k = 3: the candidates are there, collapsed until asked for.
+    page.goto(f"{p.base}/dashboard/#/runs/{V4_RUNS['alpha_k3']}")
+    q01 = page.locator('#samples-table tr[data-sample-id="q01"]')
+    candidates = q01.locator("details.candidates")
+    expect(candidates.locator("summary")).to_have_text("3 candidates")
+    expect(candidates.locator("li").first).to_be_hidden()
+    candidates.locator("summary").click()
+    expect(candidates.locator("li")).to_have_count(3)
+    expect(candidates.locator("li").first).to_be_visible()
+    p.shot("dashboard-v4-candidates.png")
+
+    # Submitted, never run: no times, no progress, no samples, and no error.
+    page.goto(f"{p.base}/dashboard/#/runs/{V4_RUNS['pending']}")
+    expect(page.locator(".facts .badge")).to_have_text("pending")
+    expect(page.locator('[role="progressbar"]')).to_have_attribute("aria-valuetext", "not started")
+    expect(page.locator("#samples-table")).to_contain_text("not started")
+    expect(page.locator(".facts")).to_contain_text("24 expected")
+    p.check_clean()
+
+
+def test_v4_compare_picker_shows_short_ids_and_models(open_v4_page):
+    alpha, beta = V4_RUNS["alpha"], V4_RUNS["beta"]
+    p = open_v4_page(height=1100)
+    page = p.goto("/dashboard/#/compare")
+    pick = page.locator(f'label.pick[for="pick-{alpha}"]')
+    expect(pick.locator(".pick-id")).to_have_text(alpha[:10])
+    expect(pick).to_have_attribute("title", alpha)
+    expect(pick.locator(".pick-model")).to_have_text("fake-alpha")
+    expect(page.locator(f'label.pick[for="pick-{V4_RUNS["pending"]}"]')).to_have_count(0)  # nothing to compare yet
+    page.check(f"#pick-{alpha}")
+    page.check(f"#pick-{beta}")
+    page.select_option("#compare-test", "permutation")
+    page.click("#compare-button")
+    row = page.locator('#pairwise-table tr[data-metric="builtin/exact_match"]')
+    expect(row).to_be_visible()
+    expect(page.locator("#overall-best")).to_have_text(alpha[:10])
+    expect(page.locator("#overall-best")).to_have_attribute("title", alpha)
+    chart = page.locator('svg.chart[data-metric="builtin/exact_match"]')
+    expect(chart.locator("g.bar")).to_have_count(2)
+    expect(chart.locator("g.bar.best")).to_have_attribute("data-run", alpha)
+    p.shot("dashboard-v4-compare.png")
+    p.check_clean()
+
+
+def test_v4_narrow_screen(open_v4_page):
+    p = open_v4_page(width=390, height=844)
+    page = p.goto("/dashboard/")
+    expect(page.locator(f'tr[data-run-id="{V4_RUNS["flaky"]}"] .native-status')).to_be_visible()
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"page is {overflow}px wider than the screen"
+    page.goto(f"{p.base}/dashboard/#/runs/{V4_RUNS['alpha']}")
+    expect(page.locator('#samples-table tr[data-sample-id="q03"] .reference')).to_be_visible()
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"detail page is {overflow}px wider than the screen"
+    p.shot("dashboard-v4-narrow.png")
+    p.check_clean()

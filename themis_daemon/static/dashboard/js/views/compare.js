@@ -56,14 +56,15 @@ export function mountCompare(root, params) {
       picker.append(h("label", { class: "pick", for: id, title: r.run_id },
         h("input", { type: "checkbox", id, value: r.run_id, checked: selected.has(r.run_id),
           onchange: (e) => { if (e.target.checked) selected.add(r.run_id); else selected.delete(r.run_id); } }),
-        " ", h("span", { class: "pick-id" + (long ? " short-id" : "") }, shortId(r.run_id)), " ",
-        // A 64-hex id says nothing by itself: name the model (and the benchmark) next to it.
-        long && r.model ? [h("span", { class: "pick-model" }, r.model), " "] : null,
-        h("span", { class: "muted small" }, [
-          long && r.experiment_id ? r.experiment_id : null,
-          `${String(r.status || "unknown").replace("_", " ")}`,
-          `${r.evaluated ?? r.num_samples ?? 0} samples`,
-        ].filter(Boolean).join(", "))));
+        " ", h("span", { class: "pick-text" },
+          h("span", { class: "pick-id" + (long ? " short-id" : "") }, shortId(r.run_id)), " ",
+          // A 64-hex id says nothing by itself: name the model (and the benchmark) next to it.
+          long && r.model ? [h("span", { class: "pick-model" }, r.model), " "] : null,
+          h("span", { class: "muted small pick-meta" }, [
+            long && r.experiment_id ? r.experiment_id : null,
+            `${String(r.status || "unknown").replace("_", " ")}`,
+            `${r.evaluated ?? r.num_samples ?? 0} samples`,
+          ].filter(Boolean).join(", ")))));
     }
   }
 

@@ -71,8 +71,7 @@ export function mountDetail(root, runId) {
     clear(head).append(...[
       h("div", { class: "run-head" },
         h("h1", { class: "run-title" + (isLongId(d.run_id) ? " short-id" : ""), title: isLongId(d.run_id) ? d.run_id : null }, shortId(d.run_id)),
-        isLongId(d.run_id) ? copyButton(d.run_id) : null,
-        formatBadge(d.format)),
+        isLongId(d.run_id) ? copyButton(d.run_id) : null),
       progressBar(d.progress, `progress of ${d.run_id}`, { pending: d.status === "pending" }),
       h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
       d.metadata && d.metadata.config_snapshot

@@ -77,7 +77,8 @@ function row(run) {
   const samples = h("div", {},
     h("span", { class: "sample-count", title: "evaluated / expected" },
       `${done}${expected !== null && expected !== undefined ? " / " + expected : ""}`),
-    run.failed ? h("span", { class: "failed-count", title: "failed generations" }, ` ${run.failed} failed`) : null);
+    run.failed ? h("span", { class: "failed-count", title: run.format === "themis-v4" ? "cases with a failure (generation or score)" : "failed generations" },
+      ` ${run.failed} failed`) : null);
   const metrics = Object.entries(run.metrics || {}).map(([name, value]) =>
     h("span", { class: "metric" }, h("span", { class: "metric-name" }, name), " ", fmtNum(value)));
   const dash = h("span", { class: "muted" }, "–");
@@ -97,5 +98,13 @@ function row(run) {
       progressBar(run.progress, `progress of ${run.run_id}`, { pending: run.status === "pending" })),
     h("td", { "data-label": "Samples", class: "num" }, samples),
     h("td", { "data-label": "Metrics" }, h("div", { class: "metrics" }, metrics.length ? metrics : h("span", { class: "muted" }, "–"))),
-    h("td", { "data-label": "Created" }, fmtTime(run.created_at)));
+    h("td", { "data-label": "Created", class: "col-created" }, createdCell(run.created_at)));
+}
+
+/** Date and time, each kept on one line (the table may put them on two). */
+function createdCell(iso) {
+  const text = fmtTime(iso);
+  const cut = text.indexOf(" ");
+  if (cut < 0) return text;
+  return h("span", {}, h("span", { class: "nowrap" }, text.slice(0, cut)), " ", h("span", { class: "nowrap" }, text.slice(cut + 1)));
 }
