@@ -53,7 +53,7 @@ setup(
     },
     package_data={
         "themis_daemon.schemas": ["*.json", "responses/*.json"],
-        "themis_daemon.demo.stores": ["themis-v1/**/*", "themis-v1-gzip/**/*"],
+        "themis_daemon.demo.stores": ["themis-v1/**/*", "themis-v1-gzip/**/*", "themis-v4/sqlite/themis.sqlite3"],
         "themis_daemon": ["static/**/*"],
     },
     install_requires=[

@@ -179,7 +179,9 @@ def test_storage_that_is_no_store_is_one_line(tmp_path):
     _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", str(folder)), str(folder),
                      "neither experiments/ nor runs/")
     # with several sources, the bad one is named
-    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", str(tmp_path), "--storage", str(text)),
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", str(empty), "--storage", str(text)),
                      str(text))
 
 
@@ -200,6 +202,23 @@ def test_demo_mode_serves_bundled_store():
                     break
             time.sleep(0.3)
         assert len(set(seen)) >= 2, seen
+        # ... next to the Themis 4 store, whose demo writer adds live Themis 4 runs
+        status, runs = d.get("/api/runs")
+        formats = {r["format"] for r in runs}
+        assert formats == {"themis-v1", "themis-v4"}
+        fixture_v4 = {r["run_id"] for r in runs if r["source"] == "demo-themis4"}
+        assert len(fixture_v4) >= 12
+        moving = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = d.get("/api/runs")[1]
+            new = [r for r in runs if r["format"] == "themis-v4" and r["run_id"] not in fixture_v4]
+            if new:
+                moving.append((new[0]["run_id"], new[0]["status"], new[0]["generated"]))
+                if len({m[1:] for m in moving if m[0] == new[0]["run_id"]}) >= 3:
+                    break
+            time.sleep(0.2)
+        assert len({m[1:] for m in moving if moving and m[0] == moving[-1][0]}) >= 3, moving
     finally:
         assert d.stop() == 0
 

@@ -38,17 +38,30 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # ------------------------------------------------------------------------------------ demo mode
 
 def demo_root() -> str:
-    """A temporary copy of the bundled stores, so the demo never touches package files."""
-    from .demo import bundled_stores
+    """A temporary copy of the bundled stores, so the demo never touches package files:
+    `themis1/` (Themis 1.x runs) and `themis4/themis.sqlite3` (Themis 4 runs)."""
+    from .demo import bundled_stores, bundled_v4_sqlite
 
     target = tempfile.mkdtemp(prefix="themis-demo-")
+    v1 = os.path.join(target, "themis1")
     for src in bundled_stores():
-        shutil.copytree(os.path.join(src, "experiments"), os.path.join(target, "experiments"), dirs_exist_ok=True)
+        shutil.copytree(os.path.join(src, "experiments"), os.path.join(v1, "experiments"), dirs_exist_ok=True)
+    os.makedirs(os.path.join(target, "themis4"))
+    shutil.copyfile(bundled_v4_sqlite(), demo_v4_store(target))
     for dirpath, dirnames, filenames in os.walk(target):
         os.chmod(dirpath, 0o755)
         for name in filenames:
             os.chmod(os.path.join(dirpath, name), 0o644)
     return target
+
+
+def demo_v4_store(demo_dir: str) -> str:
+    return os.path.join(demo_dir, "themis4", "themis.sqlite3")
+
+
+def demo_sources(demo_dir: str) -> List[Any]:
+    return [{"path": os.path.join(demo_dir, "themis1"), "name": "demo-themis1"},
+            {"path": demo_v4_store(demo_dir), "name": "demo-themis4"}]
 
 
 # -------------------------------------------------------------------------------------- sockets
@@ -155,7 +168,9 @@ def run(settings: Settings, *, reload: bool = False, demo: bool = False,
     demo_dir = None
     if demo:
         demo_dir = demo_root()
-        settings.storage.path = demo_dir
+        settings.storage.path = None
+        settings.storage.url = None
+        settings.storage.sources = demo_sources(demo_dir)
     problem = check_storage(settings)
     if problem:
         sys.stderr.write(f"themis-daemon: error: {problem}\n")
@@ -184,17 +199,19 @@ def run(settings: Settings, *, reload: bool = False, demo: bool = False,
 def _run_worker(settings: Settings, sockets: List[socket.socket], *, reload: bool = False,
                 demo_dir: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
                 writer: bool = False) -> int:
-    demo_writer = None
+    demo_writers: List[Any] = []
     if writer and demo_dir:
         from .demo.live import DemoWriterThread
+        from .demo.live4 import Themis4DemoThread
 
-        demo_writer = DemoWriterThread(demo_dir)
-        demo_writer.start()
+        demo_writers = [DemoWriterThread(os.path.join(demo_dir, "themis1")), Themis4DemoThread(demo_v4_store(demo_dir))]
+        for thread in demo_writers:
+            thread.start()
     try:
         return asyncio.run(_serve(settings, sockets, reload=reload, demo_dir=demo_dir, overrides=overrides))
     finally:
-        if demo_writer is not None:
-            demo_writer.stop()
+        for thread in demo_writers:
+            thread.stop()
 
 
 async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bool,

@@ -16,3 +16,12 @@ def bundled_stores() -> List[str]:
         if found:
             return found
     raise FileNotFoundError("bundled demo stores not found; reinstall themis-daemon")
+
+
+def bundled_v4_sqlite() -> str:
+    """The bundled Themis 4.0.2 SQLite store (runs written by the real themis-eval 4.0.2)."""
+    for base in (os.path.join(_HERE, "stores"), os.path.join(os.path.dirname(os.path.dirname(_HERE)), "tests", "data")):
+        path = os.path.join(base, "themis-v4", "sqlite", "themis.sqlite3")
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError("bundled Themis 4 demo store not found; reinstall themis-daemon")

@@ -37,7 +37,13 @@ The generator is a deterministic toy model with the shape of the fixtures' ``gen
 answers right with a model-dependent probability; ``builtin/exact_match``, ``builtin/f1`` and
 ``builtin/bleu`` are computed like Themis' builtins. With ``latency_ms=0.0`` and the fixture
 dataset (:func:`make_arith_cases`), the events of the fixture ``alpha`` run are reproduced
-exactly apart from ``occurred_at``.
+exactly apart from ``occurred_at`` (``bulk_run(..., max_concurrent_tasks=4)`` also gives its
+event order), and real Themis 4.0.2 parses these stores, folds them to the same statuses and
+resumes a run left ``running`` here.
+
+Live mode (:class:`RunHandle`) writes one case at a time, so events of different cases do not
+interleave; :meth:`Themis4Writer.bulk_run` interleaves them in waves of
+``max_concurrent_tasks`` cases, stage by stage, as Themis' orchestrator does.
 
 Quick use::
 
@@ -1053,7 +1059,8 @@ class RunHandle:
         conversation.append({"content": answer, "role": "assistant"})
         artifacts: Dict[str, Any] = {"model": self.model}
         if spec.retries:
-            artifacts["retry_history"] = self._retry_history(cid, spec.retries, "provider timed out after 30s (case %s)" % cid)
+            message = "provider timed out after 30s (case %s)" % cid
+            artifacts["retry_history"] = self._retry_history(cid, spec.retries, message)
         latency = self.latency_ms
         if latency is None:
             latency = round(180.0 + _unit("latency", self.model, cid, seed) % 1_600_000 / 1000.0, 3)

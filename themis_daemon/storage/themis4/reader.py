@@ -76,20 +76,27 @@ class EventReader:
 
 
 def redact_url(url: str) -> str:
-    """A connection URL without its password, for logs, errors and the API."""
-    from urllib.parse import urlsplit, urlunsplit
+    """A connection URL without its password (in the userinfo or a `password=` query parameter),
+    for logs, errors and the API."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if port:
+            host = f"{host}:{port}"
+        netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() == "password" for k, _ in pairs):
+            query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def optional(value: Optional[Any], default: Any) -> Any:
