@@ -199,13 +199,21 @@ async def test_pending_status_filter(http_client, base_url, backend):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_serving_never_writes_to_the_store(http_client, base_url, backend, store_root):
-    before = None if backend == "postgres" else file_digest(store_root)
+    tables = ("run_snapshots", "run_events", "run_projections", "stage_cache", "run_store_meta")
+
+    def pg_counts():
+        sql = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in tables)
+        return store_root.server.psql(store_root.dbname, sql)
+
+    before = pg_counts() if backend == "postgres" else file_digest(store_root)
     ids = manifest(backend)
     for run_id in ids.values():
         resp, _ = await get(http_client, base_url, f"/api/runs/{run_id}?include_pending=true")
         assert resp.code == 200
     await get(http_client, base_url, "/api/compare", method="POST",
               body=json.dumps({"run_ids": [ids["alpha"], ids["beta"]]}))
-    if before is not None:
+    if backend == "postgres":
+        assert pg_counts() == before
+    else:
         assert file_digest(store_root) == before
         assert not os.path.exists(store_root + "-journal")
