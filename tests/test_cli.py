@@ -235,7 +235,10 @@ def test_non_editable_install_finds_schemas_and_demo_store(tmp_path):
     assert res.returncode == 0, res.stderr
     probe = (
         "import themis_daemon, json; from themis_daemon.validation import schema_dir, load_schema; "
-        "from themis_daemon.demo import bundled_stores; "
+        "from themis_daemon.demo import bundled_stores, bundled_v4_sqlite; "
+        "from themis_daemon.storage import open_sources; "
+        "src = open_sources([bundled_v4_sqlite()]); src.refresh(); assert len(src.run_ids()) == 12; "
+        "import themis_daemon.storage.themis4.jsonl, themis_daemon.storage.themis4.postgres; "
         "print(json.dumps([themis_daemon.__file__, schema_dir(), sorted(load_schema('config')['properties']), bundled_stores()]))"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
