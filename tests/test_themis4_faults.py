@@ -210,3 +210,65 @@ async def test_a_lock_that_lasts_is_reported(http_client, base_url, store_root, 
         return resp.code == 200
 
     await until(ready)
+
+
+# ------------------------------------------------------------------------------------ JSONL
+
+@pytest.fixture
+def jsonl_root(tmp_path):
+    dst = tmp_path / "store"
+    shutil.copytree(os.path.join(V4, "jsonl", "store"), dst)
+    return str(dst)
+
+
+def test_jsonl_torn_line_waits_and_garbage_line_is_contained(jsonl_root):
+    from themis_daemon import create_app  # a second app on the JSONL copy, polled by hand
+
+    with open(os.path.join(V4, "jsonl", "manifest.json"), encoding="utf-8") as fh:
+        ids = {name: run["run_id"] for name, run in json.load(fh)["runs"].items()}
+    app = create_app(jsonl_root, poll_interval=60)
+    store = app.settings["daemon"].store
+    try:
+        store.refresh()
+        killed = ids["killed"]
+        before = store.summary(killed)
+        events = os.path.join(jsonl_root, "runs", killed, "events.jsonl")
+        line = json.dumps({"event_type": "run_completed", "run_id": killed, "schema_version": "1",
+                           "occurred_at": "2026-12-01T15:00:00Z", "completed_through_stage": "judge"},
+                          sort_keys=True).encode() + b"\n"
+        with open(events, "ab") as fh:  # a write torn in the middle: no newline yet
+            fh.write(line[:25])
+        store.refresh()
+        assert store.summary(killed)["native_status"] == "running" and store.summary(killed)["error"] is None
+        with open(events, "ab") as fh:
+            fh.write(line[25:])
+        store.refresh()
+        assert store.summary(killed)["native_status"] == "completed"
+        with open(events, "ab") as fh:
+            fh.write(b'{"event_type": "score_completed", "case_id": \n')
+        store.refresh()
+        after = store.summary(killed)
+        assert "not valid JSON" in after["error"] and after["evaluated"] == before["evaluated"]
+        assert all(s["error"] is None for s in store.summaries() if s["run_id"] != killed)
+    finally:
+        app.settings["daemon"].close()
+
+
+def test_jsonl_fifo_in_place_of_events_does_not_hang(jsonl_root):
+    from themis_daemon import create_app
+
+    with open(os.path.join(V4, "jsonl", "manifest.json"), encoding="utf-8") as fh:
+        ids = {name: run["run_id"] for name, run in json.load(fh)["runs"].items()}
+    events = os.path.join(jsonl_root, "runs", ids["beta"], "events.jsonl")
+    os.unlink(events)
+    os.mkfifo(events)  # a reader that opened this blocking would hang forever
+    app = create_app(jsonl_root, poll_interval=60)
+    store = app.settings["daemon"].store
+    try:
+        started = time.monotonic()
+        store.refresh()
+        assert time.monotonic() - started < 10
+        assert "not a regular file" in store.summary(ids["beta"])["error"]
+        assert store.summary(ids["alpha"])["error"] is None and store.summary(ids["alpha"])["evaluated"] == 24
+    finally:
+        app.settings["daemon"].close()

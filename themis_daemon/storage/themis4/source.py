@@ -72,7 +72,8 @@ class V4Run:
         self.fold = RunFold(run_id, snapshot)
         self.source = source
         self.version = 0
-        self.error: Optional[str] = None
+        self.error: Optional[str] = None       # events that could not be read
+        self.read_error: Optional[str] = None  # the run's files could not be read (JSONL)
         self.last_change = time.time()
         self._summary: Optional[Tuple[int, Dict[str, Any]]] = None
 
@@ -100,7 +101,7 @@ class V4Run:
             return cached[1]
         fields = summary_fields(self.fold)
         out = {"run_id": self.run_id, **fields, "format": "themis-v4", "source": self.source.name,
-               "error": self.error or self.source.error}
+               "error": "; ".join(e for e in (self.source.error, self.read_error, self.error) if e) or None}
         self._summary = (self.version, out)
         return out
 
@@ -224,6 +225,13 @@ class Themis4Source:
                 touched[row.run_id] = run
             if not poll.more:
                 break
+        file_errors = getattr(self.reader, "errors", None)  # per-run read problems (JSONL)
+        if file_errors is not None:
+            for run_id, run in runs.items():
+                message = file_errors.get(run_id)
+                if message != run.read_error:
+                    run.read_error = message
+                    touched[run_id] = run
         before = self._runs
         res.added = [r for r in runs if r not in before]
         res.removed = [r for r in before if r not in runs]
