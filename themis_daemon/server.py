@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 from typing import Any, Dict, List, Optional
 
 import tornado.httpserver
@@ -119,6 +120,14 @@ def cli_overrides(settings: Settings) -> Dict[str, Any]:
     return out
 
 
+_early_reload = threading.Event()
+
+
+def _remember_reload(signum: int, frame: Any) -> None:
+    """SIGHUP before the event loop handles it (the sockets may already accept): keep it."""
+    _early_reload.set()
+
+
 def storage_label(settings: Settings) -> str:
     """The configured stores as they may be logged: URLs without passwords."""
     from .storage.themis4.reader import redact_url
@@ -162,7 +171,7 @@ def run(settings: Settings, *, reload: bool = False, demo: bool = False,
     """
     setup_logging(settings)
     try:  # until the handlers are installed, a reload request must not kill the process
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, _remember_reload)
     except ValueError:  # not the main thread: the embedding program owns signals
         pass
     demo_dir = None
@@ -253,6 +262,9 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_config)
+    if _early_reload.is_set():  # asked for while starting up: do it now rather than drop it
+        _early_reload.clear()
+        loop.call_soon(reload_config)
 
     # Serve (and say so) only once the signal handlers are in place.
     server.add_sockets(sockets)

@@ -25,7 +25,7 @@ import tornado.process
 from . import systemd
 from .config import ConfigError, Settings
 from .logs import setup_logging
-from .server import STOP_SIGNALS, _run_worker, describe_sockets, reload_settings
+from .server import STOP_SIGNALS, _remember_reload, _run_worker, describe_sockets, reload_settings
 
 log = logging.getLogger("themis_daemon")
 
@@ -95,7 +95,7 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for sig in STOP_SIGNALS + (signal.SIGCHLD,):
                 signal.signal(sig, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
+            signal.signal(signal.SIGHUP, _remember_reload)  # applied once the worker's loop handles it
             self.selector.close()
             self.channel.close()
             os.close(self.wake_r)
