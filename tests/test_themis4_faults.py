@@ -272,3 +272,25 @@ def test_jsonl_fifo_in_place_of_events_does_not_hang(jsonl_root):
         assert store.summary(ids["alpha"])["error"] is None and store.summary(ids["alpha"])["evaluated"] == 24
     finally:
         app.settings["daemon"].close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_database_replaced_on_disk_is_followed(http_client, base_url, store_root, tmp_path):
+    _, runs = await get(http_client, base_url, "/api/runs")
+    assert len(runs) == 12
+    smaller = str(tmp_path / "smaller.sqlite3")
+    shutil.copyfile(store_root, smaller)
+    with writer(smaller) as conn:  # what a restore of an older backup would look like
+        conn.execute("DELETE FROM run_events WHERE run_id = ?", (IDS["beta"],))
+        conn.execute("DELETE FROM run_snapshots WHERE run_id = ?", (IDS["beta"],))
+    os.replace(smaller, store_root)  # atomically swapped under the running daemon
+
+    async def followed():
+        _, runs = await get(http_client, base_url, "/api/runs")
+        return runs if len(runs) == 11 else None
+
+    runs = await until(followed)
+    assert IDS["beta"] not in {r["run_id"] for r in runs}
+    assert all(r["error"] is None for r in runs)
+    resp, _ = await get(http_client, base_url, f"/api/runs/{IDS['alpha']}")
+    assert resp.code == 200

@@ -41,6 +41,7 @@ class SqliteReader(EventReader):
         self._tokens: Dict[str, int] = {}       # run_id -> rowid of its snapshot row
         self._probe: Optional[Tuple[int, int, int, bytes]] = None
         self._probe_at_poll: Optional[Tuple[int, int, int, bytes]] = None
+        self._conn_ino: Optional[int] = None
 
     # ------------------------------------------------------------------ connection
 
@@ -54,6 +55,10 @@ class SqliteReader(EventReader):
                 raise Unavailable(self._explain(exc)) from None
             conn.text_factory = bytes  # decoded by the source with orjson, off this connection
             self._conn = conn
+            try:
+                self._conn_ino = os.stat(self.location).st_ino
+            except OSError:
+                self._conn_ino = None
         return self._conn
 
     def _explain(self, exc: Exception) -> str:
@@ -119,13 +124,18 @@ class SqliteReader(EventReader):
 
     def changed(self) -> bool:
         sig = self._signature()
-        if self._probe is not None and sig[0] != self._probe[0]:
-            self.close()  # the file was replaced: reopen
+        if self._conn_ino is not None and sig[0] != self._conn_ino:
+            # The file was replaced (a restore, a move): read the new one from the start, as
+            # its ids need not continue the old file's.
+            self.close()
+            self._conn_ino = None
+            self._last_id = 0
+            self._tokens = {}
         self._probe = sig
         return sig != self._probe_at_poll
 
     def poll(self) -> Poll:
-        sig = self._probe or self._signature()
+        sig = self._probe = self._probe or self._signature()
         conn = self._connect()
         try:
             # One short read transaction, so the snapshot list and the events are consistent:
