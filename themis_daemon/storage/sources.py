@@ -87,19 +87,10 @@ def open_source(spec: str, name: Optional[str] = None, *, password_file: Optiona
         return store
     from .themis4.source import Themis4Source
 
-    reader: Any
-    if kind == "sqlite":
-        from .themis4.sqlite import SqliteReader
+    from .themis4.readers import make_reader
 
-        reader = SqliteReader(spec)
-    elif kind == "jsonl":
-        from .themis4.jsonl import JsonlReader
-
-        reader = JsonlReader(spec)
-    else:
-        from .themis4.postgres import PostgresReader
-
-        reader = PostgresReader(spec, password_file=password_file)
+    options = {"password_file": password_file} if kind == "postgres" else {}
+    reader = make_reader(kind, spec, **options)
     if validate:
         reader.validate()
     return Themis4Source(reader, name, clock=clock)

@@ -12,7 +12,9 @@ events that hold text (generation, reduction), which details fetch on demand.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+_EMPTY: Dict[Any, Any] = {}  # shared, never written
 
 RUNNING, COMPLETED, PARTIAL, FAILED, PENDING = "running", "completed", "partial_failure", "failed", "pending"
 
@@ -37,18 +39,28 @@ class Case:
                  "eval_fail", "exec_fail", "scores", "score_err", "failed_event")
 
     def __init__(self) -> None:
-        self.gen: Dict[int, int] = {}            # candidate index -> position of generation_completed
-        self.gen_fail: Dict[str, str] = {}       # planned candidate id -> message (sticky)
+        # Containers are created on first use: a store holds hundreds of thousands of cases.
+        # position of candidate 0's generation_completed, or {candidate index: position} when
+        # there are several candidates (one int per case is the common, compact case)
+        self.gen: Union[None, int, Dict[int, int]] = None
+        self.gen_fail: Optional[Dict[str, str]] = None  # planned candidate id -> message (sticky)
         self.sel_err: Optional[str] = None
         self.red_err: Optional[str] = None       # sticky, as in Themis
         self.parse_err: Optional[str] = None     # sticky, as in Themis
         self.red_pos: Optional[int] = None
         self.parsed: Optional[str] = None        # None | "ok" | "null" | "invalid"
-        self.eval_fail: Dict[str, str] = {}      # metric -> message
-        self.exec_fail: Dict[str, str] = {}      # metric -> message (workflow partial failure)
-        self.scores: Dict[str, float] = {}       # metric -> value
-        self.score_err: Dict[str, str] = {}      # metric -> reason
+        self.eval_fail: Optional[Dict[str, str]] = None  # metric -> message
+        self.exec_fail: Optional[Dict[str, str]] = None  # metric -> message (workflow partial failure)
+        self.scores: Optional[Dict[str, float]] = None   # metric -> value
+        self.score_err: Optional[Dict[str, str]] = None  # metric -> reason
         self.failed_event = False                # any *_failed event ever seen (progress, §8)
+
+    def __reduce__(self):
+        # A flat tuple pickles much faster than the default slot-state dict (cold scans send
+        # hundreds of thousands of cases between processes).
+        return (_case_from, (self.gen, self.gen_fail, self.sel_err, self.red_err, self.parse_err, self.red_pos,
+                             self.parsed, self.eval_fail, self.exec_fail, self.scores, self.score_err,
+                             self.failed_event))
 
     def has_failure(self) -> bool:
         return bool(self.gen_fail or self.sel_err is not None or self.red_err is not None
@@ -62,13 +74,20 @@ class Case:
             return "Parser returned null output"
         if self.parsed == "invalid":
             return "Parser marked output as invalid"
-        if metric in self.eval_fail:
+        if self.eval_fail and metric in self.eval_fail:
             return self.eval_fail[metric]
-        if metric in self.exec_fail:
+        if self.exec_fail and metric in self.exec_fail:
             return self.exec_fail[metric]
-        if metric in self.score_err:
+        if self.score_err and metric in self.score_err:
             return self.score_err[metric]
         return None
+
+
+def _case_from(*state: Any) -> Case:
+    case = Case.__new__(Case)
+    (case.gen, case.gen_fail, case.sel_err, case.red_err, case.parse_err, case.red_pos, case.parsed,
+     case.eval_fail, case.exec_fail, case.scores, case.score_err, case.failed_event) = state
+    return case
 
 
 def _float(value: Any) -> Optional[float]:
@@ -82,9 +101,10 @@ def _float(value: Any) -> Optional[float]:
 class RunFold:
     """Incremental fold of one run. `apply` must see the run's events in store order."""
 
-    def __init__(self, run_id: str, snapshot: Dict[str, Any]):
+    def __init__(self, run_id: str, snapshot: Optional[Dict[str, Any]] = None, info: Optional[Dict[str, Any]] = None):
+        """From the run's snapshot, or from `info` (what `describe_snapshot` kept of it), so a
+        fold can be started again without keeping the snapshot with its whole dataset."""
         self.run_id = run_id
-        self.snapshot = snapshot
         self.status = PENDING
         self.completed_through_stage: Optional[str] = None
         self.cases: Dict[str, Case] = {}
@@ -101,10 +121,12 @@ class RunFold:
         self.unknown_events = 0
         self.bad_events = 0
         self.last_bad: Optional[str] = None
-        info = describe_snapshot(snapshot)
+        if info is None:
+            info = describe_snapshot(snapshot)
+            # The dataset's texts are read again when a detail needs them, not kept per run.
+            info = {k: v for k, v in info.items() if k not in ("references", "inputs")}
+        self.info = info
         self.case_order: List[str] = info["case_ids"]
-        self.references: Dict[str, Any] = info["references"]
-        self.inputs: Dict[str, Any] = info["inputs"]
         self.metric_ids: List[str] = info["metric_ids"]
         self.total_cases: int = info["total_cases"]
         self.model: Optional[str] = info["model"]
@@ -173,22 +195,38 @@ class RunFold:
     def _apply_case(self, case: Case, kind: str, pos: int, ev: Dict[str, Any]) -> None:
         if kind.endswith("_failed"):
             case.failed_event = True
-        if kind == "generation_completed":
+        if kind == "score_completed":
+            metric = ev.get("metric_id")
+            score = ev.get("score")
+            if isinstance(metric, str) and isinstance(score, dict):
+                value = _float(score.get("value"))
+                if value is None:
+                    if case.score_err is None:
+                        case.score_err = {}
+                    case.score_err[metric] = "score value is not a number"
+                    if case.scores:
+                        case.scores.pop(metric, None)
+                else:
+                    if case.scores is None:
+                        case.scores = {}
+                    case.scores[metric] = value
+                    if case.score_err:
+                        case.score_err.pop(metric, None)
+        elif kind == "generation_completed":
             if ev.get("result") is not None:
                 index = ev.get("candidate_index")
-                case.gen[index if isinstance(index, int) else len(case.gen)] = pos
-        elif kind == "generation_failed":
-            cid = ev.get("candidate_id")
-            case.gen_fail[cid if isinstance(cid, str) else str(len(case.gen_fail))] = _msg(ev.get("error_message"))
-        elif kind == "selection_completed":
-            case.sel_err = None
-        elif kind == "selection_failed":
-            case.sel_err = _msg(ev.get("error_message"))
+                gen = case.gen
+                if gen is None and index == 0:
+                    case.gen = pos
+                    return
+                if gen is None:
+                    gen = case.gen = {}
+                elif isinstance(gen, int):
+                    gen = case.gen = {0: gen}
+                gen[index if isinstance(index, int) else len(gen)] = pos
         elif kind == "reduction_completed":
             if ev.get("result") is not None:
                 case.red_pos = pos
-        elif kind == "reduction_failed":
-            case.red_err = _msg(ev.get("error_message"))
         elif kind == "parse_completed":
             result = ev.get("result")
             if isinstance(result, dict):
@@ -199,36 +237,42 @@ class RunFold:
                     case.parsed = "invalid"
                 else:
                     case.parsed = "ok"
+        elif kind == "generation_failed":
+            cid = ev.get("candidate_id")
+            if case.gen_fail is None:
+                case.gen_fail = {}
+            case.gen_fail[cid if isinstance(cid, str) else str(len(case.gen_fail))] = _msg(ev.get("error_message"))
+        elif kind == "score_failed":
+            metric = ev.get("metric_id")
+            error = ev.get("error")
+            if isinstance(metric, str) and error is not None:
+                if case.scores:
+                    case.scores.pop(metric, None)
+                reason = error.get("reason") if isinstance(error, dict) else error
+                if case.score_err is None:
+                    case.score_err = {}
+                case.score_err[metric] = _msg(reason)
+        elif kind == "selection_completed":
+            case.sel_err = None
+        elif kind == "selection_failed":
+            case.sel_err = _msg(ev.get("error_message"))
+        elif kind == "reduction_failed":
+            case.red_err = _msg(ev.get("error_message"))
         elif kind == "parse_failed":
             case.parse_err = _msg(ev.get("error_message"))
         elif kind == "evaluation_completed":
             execution = ev.get("execution")
             metric = ev.get("metric_id")
             if isinstance(execution, dict) and isinstance(metric, str):
-                case.eval_fail.pop(metric, None)
+                if case.eval_fail:
+                    case.eval_fail.pop(metric, None)
                 _workflow_failures(case, execution)
         elif kind == "evaluation_failed":
             metric = ev.get("metric_id")
             if isinstance(metric, str):
+                if case.eval_fail is None:
+                    case.eval_fail = {}
                 case.eval_fail[metric] = _msg(ev.get("error_message"))
-        elif kind == "score_completed":
-            metric = ev.get("metric_id")
-            score = ev.get("score")
-            if isinstance(metric, str) and isinstance(score, dict):
-                value = _float(score.get("value"))
-                if value is None:
-                    case.score_err[metric] = "score value is not a number"
-                    case.scores.pop(metric, None)
-                else:
-                    case.scores[metric] = value
-                    case.score_err.pop(metric, None)
-        elif kind == "score_failed":
-            metric = ev.get("metric_id")
-            error = ev.get("error")
-            if isinstance(metric, str) and error is not None:
-                case.scores.pop(metric, None)
-                reason = error.get("reason") if isinstance(error, dict) else error
-                case.score_err[metric] = _msg(reason)
 
     # ------------------------------------------------------------------ derived figures
 
@@ -240,9 +284,10 @@ class RunFold:
         metrics = self.metric_ids
         generated = evaluated = failed = scored = done = 0
         for case in self.cases.values():
-            if case.gen:
+            if case.gen is not None:
                 generated += 1
-            attempted = bool(metrics) and all(m in case.scores or m in case.score_err for m in metrics)
+            scores, errs = case.scores or _EMPTY, case.score_err or _EMPTY
+            attempted = bool(metrics) and all(m in scores or m in errs for m in metrics)
             if attempted:
                 evaluated += 1
             if case.failed_event:
@@ -258,6 +303,8 @@ class RunFold:
         sums: Dict[str, List[float]] = {}
         metrics = self.metric_ids
         for case in self.cases.values():
+            if not case.scores:
+                continue
             names: Iterable[str] = metrics or case.scores.keys()
             for metric in names:
                 if metric not in case.scores or case.row_error(metric) is not None:
@@ -274,7 +321,7 @@ class RunFold:
         """Per metric, per case id, the score of every non-error row (what compare pairs on)."""
         out: Dict[str, Dict[str, List[float]]] = {}
         for case_id, case in self.cases.items():
-            for metric, value in case.scores.items():
+            for metric, value in (case.scores or _EMPTY).items():
                 if case.row_error(metric) is None:
                     out.setdefault(metric, {})[case_id] = [value]
         return out
@@ -302,15 +349,18 @@ class RunFold:
             case = self.cases.get(case_id)
             if case is None:
                 continue
-            out.extend(case.gen.values())
+            out.extend(generations(case).values())
             if case.red_pos is not None:
                 out.append(case.red_pos)
         return out
 
-    def sample(self, case_id: str, events: Dict[int, Any], pending: bool = False) -> Dict[str, Any]:
-        """One detail sample built from the fold and the fetched events of that case."""
+    def sample(self, case_id: str, events: Dict[int, Any], pending: bool = False,
+               dataset: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """One detail sample built from the fold, the fetched events of that case and the
+        run's dataset (`describe_snapshot(...)`: references and inputs, read on demand)."""
         case = self.cases.get(case_id) or Case()
-        gens = [events.get(case.gen[i]) for i in sorted(case.gen)]
+        gen = generations(case)
+        gens = [events.get(gen[i]) for i in sorted(gen)]
         outputs = [_result(g).get("final_output") for g in gens if g is not None]
         prompt = None
         for g in gens:
@@ -320,28 +370,40 @@ class RunFold:
                 if prompt is not None:
                     break
         if prompt is None:
-            prompt = render_prompt(self.prompt_spec, self.inputs.get(case_id))
+            prompt = render_prompt(self.prompt_spec, (dataset or {}).get("inputs", {}).get(case_id))
         reduced = events.get(case.red_pos) if case.red_pos is not None else None
         response: Any = _result(reduced).get("final_output") if reduced is not None else (outputs[0] if outputs else None)
-        errors = {m: msg for m in self.metric_ids if (msg := case.row_error(m)) is not None
-                  and (m in case.scores or m in case.score_err or case.parse_err is not None
-                       or case.parsed in ("null", "invalid") or m in case.eval_fail or m in case.exec_fail)}
+        scores, errs = case.scores or {}, case.score_err or {}
+        errors = {}
+        for m in self.metric_ids:
+            msg = case.row_error(m)
+            if msg is not None and (m in scores or m in errs or case.parse_err is not None or case.parsed in ("null", "invalid")
+                                    or m in (case.eval_fail or _EMPTY) or m in (case.exec_fail or _EMPTY)):
+                errors[m] = msg
         item: Dict[str, Any] = {
             "id": case_id,
             "prompt": prompt if isinstance(prompt, str) else ("" if prompt is None else _text(prompt)),
             "response": "" if response is None else _text(response),
-            "reference": self.references.get(case_id),
-            "scores": {m: v for m, v in case.scores.items() if case.row_error(m) is None},
+            "reference": (dataset or {}).get("references", {}).get(case_id),
+            "scores": {m: v for m, v in scores.items() if case.row_error(m) is None},
             "errors": errors,
         }
         if len(outputs) > 1:
             item["candidates"] = [_text(o) for o in outputs]
-        failure = "; ".join(case.gen_fail.values()) or case.red_err or case.sel_err or case.parse_err
+        failure = "; ".join((case.gen_fail or _EMPTY).values()) or case.red_err or case.sel_err or case.parse_err
         if failure:
             item["error"] = failure
         if pending:
             item["pending"] = True
         return item
+
+
+def generations(case: Case) -> Dict[int, int]:
+    """{candidate index: position of its generation_completed} of a case."""
+    gen = case.gen
+    if gen is None:
+        return {}
+    return {0: gen} if isinstance(gen, int) else gen
 
 
 def _msg(value: Any) -> str:
@@ -366,11 +428,13 @@ def _workflow_failures(case: Case, execution: Dict[str, Any]) -> None:
     """A workflow execution with failures marks every metric it scored as an error row."""
     failures = execution.get("failures") or []
     metric_ids = {s.get("metric_id") for s in execution.get("scores") or [] if isinstance(s, dict)}
-    for metric in list(case.exec_fail):
+    for metric in list(case.exec_fail or ()):
         if metric in metric_ids:
             del case.exec_fail[metric]
     if execution.get("status") != "partial_failure" and not failures:
         return
+    if case.exec_fail is None:
+        case.exec_fail = {}
     message = "; ".join(f.get("error_message", "") for f in failures if isinstance(f, dict)) \
         or "Evaluation completed with workflow failures"
     for metric in metric_ids:
@@ -424,8 +488,18 @@ def describe_snapshot(snapshot: Any) -> Dict[str, Any]:
         experiment = experiment or datasets[0].get("dataset_id")
     identity = snap.get("identity") if isinstance(snap.get("identity"), dict) else {}
     spec = identity.get("generation_prompt_spec") if isinstance(identity.get("generation_prompt_spec"), dict) else {}
+    prov_env = prov.get("environment_metadata")
+    meta = {
+        "component_refs": refs or None,
+        "metric_kinds": snap.get("metric_kinds"),
+        "dataset_refs": identity.get("dataset_refs"),
+        "candidate_policy": identity.get("candidate_policy"),
+        "themis_version": prov.get("themis_version"),
+        "environment_metadata": prov_env if isinstance(prov_env, dict) else None,
+    }
     return {"case_ids": case_ids, "references": references, "inputs": inputs, "metric_ids": metric_ids,
-            "total_cases": len(case_ids), "model": model, "experiment_id": experiment, "prompt_spec": spec}
+            "total_cases": len(case_ids), "model": model, "experiment_id": experiment, "prompt_spec": spec,
+            "meta": meta}
 
 
 def summary_fields(fold: RunFold) -> Dict[str, Any]:

@@ -210,6 +210,9 @@ class JsonlReader(EventReader):
         os.close(fd)
         return rows, full
 
+    def snapshot(self, run_id: str) -> Any:
+        return self._read_snapshot(os.path.join(self.runs_dir, run_id))
+
     def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
         out: Dict[int, Any] = {}
         path = os.path.join(self.runs_dir, run_id, "events.jsonl")

@@ -172,6 +172,12 @@ class PostgresReader(EventReader):
         with self._lock:
             return self._run(self._poll_tx)
 
+    def snapshot(self, run_id: str) -> Any:
+        with self._lock:
+            row = self._run(lambda conn: conn.execute(
+                "SELECT snapshot_json::text FROM run_snapshots WHERE run_id = %s", (run_id,)).fetchone())
+        return row[0] if row else None
+
     def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
         ids = [int(p) for p in positions]
         if not ids:

@@ -67,9 +67,24 @@ class EventReader:
         """Raw `event_json` of some events of a run, by position (for run details)."""
         raise NotImplementedError
 
+    def snapshot(self, run_id: str) -> Any:
+        """The raw snapshot JSON of one run (None if it is gone): details read the dataset's
+        references and inputs from it instead of keeping them for every run."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         """The location as it may be shown and logged (a URL without its password)."""
         return self.location
+
+    def options(self) -> Dict[str, Any]:
+        """Constructor options a scan worker process needs to open the same store."""
+        return {"batch": self.batch}
+
+    # A reader that can split its store for a parallel first scan also implements
+    # `cold_mark()` (a consistent mark: event count, last position, run tokens),
+    # `partition_snapshots(mark, part, parts)` ({run_id: (snapshot, token)}),
+    # `partition_rows(mark, part, parts)` (batches of (pos, run_id, data) up to the mark, in
+    # store order) and `adopt(mark)` (continue polling after the mark).
 
     def close(self) -> None:
         pass

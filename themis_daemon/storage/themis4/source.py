@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..base import RefreshResult, RunNotFound
-from .fold import RunFold, summary_fields
+from .fold import RunFold, describe_snapshot, summary_fields
 from .reader import EventReader, Unavailable
 
 try:  # orjson is a dependency; the fallback keeps the pure parts importable without it
@@ -66,16 +69,40 @@ class _Undecodable:
 class V4Run:
     """One run: its fold plus what the API needs around it (version, errors, a cached summary)."""
 
-    def __init__(self, run_id: str, snapshot: Dict[str, Any], token: Any, source: "Themis4Source"):
+    def __init__(self, run_id: str, fold: RunFold, token: Any, source: Optional["Themis4Source"] = None):
         self.run_id = run_id
         self.token = token
-        self.fold = RunFold(run_id, snapshot)
+        self.fold = fold
         self.source = source
         self.version = 0
         self.error: Optional[str] = None       # events that could not be read
         self.read_error: Optional[str] = None  # the run's files could not be read (JSONL)
         self.last_change = time.time()
         self._summary: Optional[Tuple[int, Dict[str, Any]]] = None
+
+    @classmethod
+    def from_snapshot(cls, run_id: str, raw: Any, token: Any, source: Optional["Themis4Source"] = None) -> "V4Run":
+        try:
+            snapshot = decode(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            snapshot, bad = {}, f"snapshot is not valid JSON: {exc}"
+        else:
+            bad = None if isinstance(snapshot, dict) else "snapshot is not a JSON object"
+        run = cls(run_id, RunFold(run_id, snapshot if isinstance(snapshot, dict) else {}), token, source)
+        run.error = bad
+        return run
+
+    def restarted(self) -> "V4Run":
+        """The same run folded again from nothing (it was deleted and written again)."""
+        fresh = V4Run(self.run_id, RunFold(self.run_id, info=self.fold.info), self.token, self.source)
+        fresh.version = self.version + 1
+        return fresh
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["source"] = None  # sent back from a scan process; the source is set on arrival
+        state["_summary"] = None
+        return state
 
     def decode(self, pos: int, data: Any) -> Any:
         """The decoded event, or an `_Undecodable` marker the fold counts as a bad event."""
@@ -100,10 +127,59 @@ class V4Run:
         if cached is not None and cached[0] == self.version:
             return cached[1]
         fields = summary_fields(self.fold)
-        out = {"run_id": self.run_id, **fields, "format": "themis-v4", "source": self.source.name,
-               "error": "; ".join(e for e in (self.source.error, self.read_error, self.error) if e) or None}
+        source_error = self.source.error if self.source is not None else None
+        out = {"run_id": self.run_id, **fields, "format": "themis-v4",
+               "source": self.source.name if self.source is not None else None,
+               "error": "; ".join(e for e in (source_error, self.read_error, self.error) if e) or None}
         self._summary = (self.version, out)
         return out
+
+
+def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> Tuple[int, int]:
+    """Fold rows `(pos, run_id, data)` into `runs`; (unknown-type events, events of no run).
+
+    Shared by polls and the cold-scan processes. A second `run_started` for a run means Themis
+    deleted it and wrote it again (existing_run_policy=rerun): that run starts over.
+    """
+    unknown = orphans = 0
+    for pos, run_id, data in rows:
+        run = runs.get(run_id)
+        if run is None:
+            orphans += 1
+            continue
+        event = run.decode(pos, data)
+        if run.fold.started_pos is not None and isinstance(event, dict) and event.get("event_type") == "run_started":
+            runs[run_id] = run = run.restarted()
+        before = run.fold.unknown_events
+        run.apply(pos, event)
+        unknown += run.fold.unknown_events - before
+        touched[run_id] = run
+    return unknown, orphans
+
+
+def _scan_part(kind: str, location: str, options: Dict[str, Any], mark: Any, part: int, parts: int):
+    """Cold scan of one partition of the runs, in a worker process (module level: picklable).
+    Returns the folded runs; decoding and folding is most of a cold start, so it uses every core."""
+    from .readers import make_reader
+
+    reader = make_reader(kind, location, **options)
+    try:
+        runs = {run_id: V4Run.from_snapshot(run_id, raw, token)
+                for run_id, (raw, token) in reader.partition_snapshots(mark, part, parts).items()}
+        touched: Dict[str, V4Run] = {}
+        counts = [0, 0]
+        for batch in reader.partition_rows(mark, part, parts):
+            unknown, orphans = apply_rows(runs, batch, touched)
+            counts[0] += unknown
+            counts[1] += orphans
+        for run in runs.values():
+            run.touched()
+        return runs, counts
+    finally:
+        reader.close()
+
+
+PARALLEL_MIN_EVENTS = 200_000  # below this, starting worker processes costs more than it saves
 
 
 class Themis4Source:
@@ -112,8 +188,9 @@ class Themis4Source:
     format = "themis-v4"
 
     def __init__(self, reader: EventReader, name: Optional[str] = None, *,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, scan_workers: Optional[int] = None):
         self.reader = reader
+        self.scan_workers = scan_workers if scan_workers is not None else (os.cpu_count() or 1)
         self.name = name or reader.describe()
         self.root = reader.describe()
         self.clock = clock
@@ -173,6 +250,8 @@ class Themis4Source:
                 res.changed.append(run_id)
 
     def _refresh(self, res: RefreshResult) -> None:
+        if not self.scanned and self._cold_scan(res):
+            return
         with self._lock:
             if self.scanned and not self.reader.changed():
                 return
@@ -187,44 +266,54 @@ class Themis4Source:
                     del runs[run_id]
                     touched.pop(run_id, None)
             for run_id, raw in poll.snapshots.items():
-                try:
-                    snapshot = decode(raw)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    snapshot = {}
-                    bad = f"snapshot is not valid JSON: {exc}"
-                else:
-                    bad = None if isinstance(snapshot, dict) else "snapshot is not a JSON object"
-                run = V4Run(run_id, snapshot if isinstance(snapshot, dict) else {}, poll.runs.get(run_id), self)
-                run.error = bad
+                run = V4Run.from_snapshot(run_id, raw, poll.runs.get(run_id), self)
                 old = runs.get(run_id) or self._runs.get(run_id)
                 if old is not None:
                     run.version = old.version + 1  # a re-created run keeps moving its version forward
                 runs[run_id] = touched[run_id] = run
             for run_id in poll.reset:
                 if run_id in runs and run_id not in poll.snapshots:
-                    old = runs[run_id]
-                    fresh = V4Run(run_id, old.fold.snapshot, poll.runs.get(run_id), self)
-                    fresh.version = old.version + 1
-                    runs[run_id] = touched[run_id] = fresh
-            for row in poll.rows:
-                run = runs.get(row.run_id)
-                if run is None:
-                    self.orphan_events += 1
-                    continue
-                event = run.decode(row.pos, row.data)
-                if run.fold.started_pos is not None and isinstance(event, dict) \
-                        and event.get("event_type") == "run_started":
-                    # Themis writes run_started once per run; a second one means the run was
-                    # deleted and written again (existing_run_policy=rerun): start over.
-                    fresh = V4Run(row.run_id, run.fold.snapshot, run.token, self)
-                    fresh.version = run.version + 1
-                    runs[row.run_id] = run = fresh
-                before = run.fold.unknown_events
-                run.apply(row.pos, event)
-                self.unknown_events += run.fold.unknown_events - before
-                touched[row.run_id] = run
+                    runs[run_id] = touched[run_id] = runs[run_id].restarted()
+            unknown, orphans = apply_rows(runs, ((r.pos, r.run_id, r.data) for r in poll.rows), touched)
+            self.unknown_events += unknown
+            self.orphan_events += orphans
             if not poll.more:
                 break
+        self._commit(runs, touched, res)
+
+    def _cold_scan(self, res: RefreshResult) -> bool:
+        """The first scan of a big store, decoded and folded in worker processes; False when
+        the reader cannot partition its store or the store is small (then polls do it)."""
+        reader = self.reader
+        if self.scan_workers < 2 or not hasattr(reader, "cold_mark"):
+            return False
+        with self._lock:
+            mark = reader.cold_mark()
+        if mark is None or mark.get("events", 0) < PARALLEL_MIN_EVENTS:
+            return False
+        parts = self.scan_workers
+        try:
+            ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
+            with ProcessPoolExecutor(parts, mp_context=ctx) as pool:
+                futures = [pool.submit(_scan_part, reader.kind, reader.location, reader.options(), mark, i, parts)
+                           for i in range(parts)]
+                results = [f.result() for f in futures]
+        except (OSError, RuntimeError, EOFError) as exc:  # no /dev/shm, a worker died: poll instead
+            log.warning("store %s: parallel first scan unavailable (%s); scanning in this process", self.name, exc)
+            return False
+        runs: Dict[str, V4Run] = {}
+        for part_runs, (unknown, orphans) in results:
+            runs.update(part_runs)
+            self.unknown_events += unknown
+            self.orphan_events += orphans
+        for run in runs.values():
+            run.source = self
+        with self._lock:
+            reader.adopt(mark)
+        self._commit(runs, dict(runs), res)
+        return True
+
+    def _commit(self, runs: Dict[str, V4Run], touched: Dict[str, V4Run], res: RefreshResult) -> None:
         file_errors = getattr(self.reader, "errors", None)  # per-run read problems (JSONL)
         if file_errors is not None:
             for run_id, run in runs.items():
@@ -236,6 +325,8 @@ class Themis4Source:
         res.added = [r for r in runs if r not in before]
         res.removed = [r for r in before if r not in runs]
         for run_id, run in touched.items():
+            if run.source is None:
+                run.source = self
             run.touched()
             if run_id in before:
                 res.changed.append(run_id)
@@ -285,7 +376,15 @@ class Themis4Source:
                 events[pos] = decode(data)
             except (ValueError, UnicodeDecodeError):
                 continue
-        samples = [fold.sample(cid, events, pending=include_pending and index >= scored)
+        dataset = None
+        if page:
+            with self._lock:
+                raw_snapshot = self.reader.snapshot(run_id)
+            try:
+                dataset = describe_snapshot(decode(raw_snapshot)) if raw_snapshot is not None else None
+            except (ValueError, UnicodeDecodeError):
+                dataset = None
+        samples = [fold.sample(cid, events, pending=include_pending and index >= scored, dataset=dataset)
                    for index, cid in enumerate(order[offset:stop], offset)]
         if include_pending:
             for item in samples:
@@ -301,7 +400,7 @@ class Themis4Source:
             "native_status": fold.status,
             "completed_through_stage": fold.completed_through_stage,
             "events": fold.events,
-            "snapshot": _snapshot_meta(fold.snapshot),
+            "snapshot": fold.info.get("meta"),
         }
         return out, version
 
@@ -311,17 +410,3 @@ class Themis4Source:
     def close(self) -> None:
         with self._lock:
             self.reader.close()
-
-
-def _snapshot_meta(snapshot: Dict[str, Any]) -> Dict[str, Any]:
-    """The identity parts of a snapshot worth showing, without the (large) datasets."""
-    identity = snapshot.get("identity") if isinstance(snapshot.get("identity"), dict) else {}
-    prov = snapshot.get("provenance") if isinstance(snapshot.get("provenance"), dict) else {}
-    return {
-        "component_refs": snapshot.get("component_refs"),
-        "metric_kinds": snapshot.get("metric_kinds"),
-        "dataset_refs": identity.get("dataset_refs"),
-        "candidate_policy": identity.get("candidate_policy"),
-        "themis_version": prov.get("themis_version"),
-        "environment_metadata": prov.get("environment_metadata"),
-    }

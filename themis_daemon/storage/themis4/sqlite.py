@@ -171,6 +171,54 @@ class SqliteReader(EventReader):
         self._tokens = current
         return out
 
+    # ------------------------------------------------------------------ parallel first scan
+
+    def cold_mark(self) -> Optional[Dict[str, Any]]:
+        sig = self._signature()
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            try:
+                tokens = {(r[1].decode() if isinstance(r[1], bytes) else r[1]): r[0]
+                          for r in conn.execute("SELECT rowid, run_id FROM run_snapshots")}
+                upto, count = conn.execute("SELECT coalesce(max(id), 0), count(*) FROM run_events").fetchone()
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise Unavailable(self._explain(exc), transient="locked" in str(exc)) from None
+        return {"tokens": tokens, "upto": upto, "events": count, "sig": sig}
+
+    @staticmethod
+    def _digits(part: int, parts: int) -> Tuple[str, ...]:
+        """Run ids are SHA-256 hex: their first character splits runs evenly across parts."""
+        return tuple(d for d in "0123456789abcdef" if int(d, 16) % parts == part)
+
+    def partition_snapshots(self, mark: Dict[str, Any], part: int, parts: int) -> Dict[str, Tuple[Any, Any]]:
+        digits = self._digits(part, parts)
+        mine = [rid for rid in mark["tokens"] if rid[:1].lower() in digits or
+                (part == 0 and rid[:1].lower() not in "0123456789abcdef")]
+        snaps = self._snapshots(mine)
+        return {rid: (snaps[rid], mark["tokens"][rid]) for rid in mine if rid in snaps}
+
+    def partition_rows(self, mark: Dict[str, Any], part: int, parts: int):
+        digits = self._digits(part, parts)
+        others = "" if part else " OR lower(substr(run_id, 1, 1)) NOT IN (%s)" % ",".join(
+            "'%s'" % d for d in "0123456789abcdef")
+        where = "lower(substr(run_id, 1, 1)) IN (%s)%s" % (",".join("'%s'" % d for d in digits), others)
+        last = 0
+        while True:
+            rows = self._query(f"SELECT id, run_id, event_json FROM run_events WHERE id > ? AND id <= ? "
+                               f"AND ({where}) ORDER BY id LIMIT ?", (last, mark["upto"], self.batch))
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [(r[0], r[1].decode() if isinstance(r[1], bytes) else r[1], r[2]) for r in rows]
+
+    def adopt(self, mark: Dict[str, Any]) -> None:
+        self._last_id = mark["upto"]
+        self._tokens = dict(mark["tokens"])
+        self._probe = self._probe_at_poll = mark["sig"]
+
     def _snapshots(self, run_ids: List[str]) -> Dict[str, Any]:
         found: Dict[str, Any] = {}
         for start in range(0, len(run_ids), 200):
@@ -185,6 +233,10 @@ class SqliteReader(EventReader):
         return [Row(r[0], r[1].decode() if isinstance(r[1], bytes) else r[1],
                     r[2].decode() if isinstance(r[2], bytes) else r[2], r[3])
                 for r in self._query(sql, args)]
+
+    def snapshot(self, run_id: str) -> Any:
+        rows = self._query("SELECT snapshot_json FROM run_snapshots WHERE run_id = ?", (run_id,))
+        return rows[0][0] if rows else None
 
     def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
         out: Dict[int, Any] = {}
