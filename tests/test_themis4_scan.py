@@ -1,0 +1,68 @@
+"""The parallel first scan of a Themis 4 SQLite store gives exactly what polling gives."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from themis_daemon.demo.themis4 import SqliteSink, Themis4Writer, make_arith_cases
+from themis_daemon.storage import open_sources
+from themis_daemon.storage.themis4 import source as source_mod
+
+from conftest import DATA
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = str(tmp_path / "themis.sqlite3")
+    shutil.copyfile(os.path.join(DATA, "themis-v4", "sqlite", "themis.sqlite3"), path)
+    with Themis4Writer(SqliteSink(path)) as writer:
+        for i in range(12):
+            writer.bulk_run(model=f"model-{i}", dataset_id="arith-scan", cases=make_arith_cases(60, variant=i),
+                            outcome=("completed", "failed", "running")[i % 3],
+                            fail_generation={"q003": "provider error 500"} if i % 4 == 0 else None)
+    return path
+
+
+def views(sources):
+    out = {}
+    for summary in sources.summaries():
+        run_id = summary["run_id"]
+        detail = sources.detail(run_id, include_pending=True)
+        out[run_id] = (summary, detail["samples"], sources.scores(run_id))
+    return out
+
+
+def test_parallel_first_scan_equals_polling(store, monkeypatch):
+    serial = open_sources([store])
+    serial.sources[0].scan_workers = 1
+    serial.refresh()
+    monkeypatch.setattr(source_mod, "PARALLEL_MIN_EVENTS", 100)
+    parallel = open_sources([store])
+    parallel.sources[0].scan_workers = 2
+    calls = []
+    original = source_mod.Themis4Source._cold_scan
+
+    def spy(self, res):
+        done = original(self, res)
+        calls.append(done)
+        return done
+
+    monkeypatch.setattr(source_mod.Themis4Source, "_cold_scan", spy)
+    parallel.refresh()
+    assert calls == [True]  # the worker processes did the first scan
+    assert len(parallel.run_ids()) == 24
+    assert views(parallel) == views(serial)
+    # polling goes on from where the scan stopped: a new event is seen once, not twice
+    with Themis4Writer(SqliteSink(store)) as writer:
+        run = writer.new_run(model="late", dataset_id="arith-late", cases=make_arith_cases(5))
+        run.start()
+        run.run_cases()
+        run.complete()
+    parallel.refresh()
+    serial.refresh()
+    assert views(parallel) == views(serial)
+    late = parallel.summary(run.run_id)
+    assert (late["status"], late["evaluated"], late["generated"]) == ("completed", 5, 5)
