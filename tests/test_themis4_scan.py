@@ -7,23 +7,35 @@ import shutil
 
 import pytest
 
-from themis_daemon.demo.themis4 import SqliteSink, Themis4Writer, make_arith_cases
+from themis_daemon.demo.themis4 import PostgresSink, SqliteSink, Themis4Writer, make_arith_cases
 from themis_daemon.storage import open_sources
 from themis_daemon.storage.themis4 import source as source_mod
 
 from conftest import DATA
 
 
-@pytest.fixture
-def store(tmp_path):
-    path = str(tmp_path / "themis.sqlite3")
-    shutil.copyfile(os.path.join(DATA, "themis-v4", "sqlite", "themis.sqlite3"), path)
-    with Themis4Writer(SqliteSink(path)) as writer:
+@pytest.fixture(params=("sqlite", "postgres"))
+def store(request, tmp_path):
+    """A store with the 12 fixture runs and 12 more written in bulk, and a writer factory."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "themis.sqlite3")
+        shutil.copyfile(os.path.join(DATA, "themis-v4", "sqlite", "themis.sqlite3"), path)
+        make_sink, spec = (lambda: SqliteSink(path)), path
+    else:
+        from pg_fixtures import PG_READER, PG_READER_PASSWORD
+
+        db = request.getfixturevalue("pg_fixture_db")
+        server = db.server
+        admin = server.url(db.dbname, password=server.password)
+        make_sink, spec = (lambda: PostgresSink(admin, blob_root=str(tmp_path / "blobs"))), str(db)
+    with Themis4Writer(make_sink()) as writer:
         for i in range(12):
             writer.bulk_run(model=f"model-{i}", dataset_id="arith-scan", cases=make_arith_cases(60, variant=i),
                             outcome=("completed", "failed", "running")[i % 3],
                             fail_generation={"q003": "provider error 500"} if i % 4 == 0 else None)
-    return path
+    if request.param == "postgres":
+        server.grant_select(db.dbname, PG_READER)
+    return spec, make_sink
 
 
 def views(sources):
@@ -36,6 +48,7 @@ def views(sources):
 
 
 def test_parallel_first_scan_equals_polling(store, monkeypatch):
+    store, make_sink = store
     serial = open_sources([store])
     serial.sources[0].scan_workers = 1
     serial.refresh()
@@ -56,7 +69,7 @@ def test_parallel_first_scan_equals_polling(store, monkeypatch):
     assert len(parallel.run_ids()) == 24
     assert views(parallel) == views(serial)
     # polling goes on from where the scan stopped: a new event is seen once, not twice
-    with Themis4Writer(SqliteSink(store)) as writer:
+    with Themis4Writer(make_sink()) as writer:
         run = writer.new_run(model="late", dataset_id="arith-late", cases=make_arith_cases(5))
         run.start()
         run.run_cases()

@@ -192,6 +192,77 @@ class PostgresReader(EventReader):
         with self._lock:
             self._drop()
 
+    def options(self) -> Dict[str, Any]:
+        return {"batch": self.batch, "password_file": self.password_file}
+
+    # ------------------------------------------------------------------ parallel first scan
+
+    def cold_mark(self) -> Optional[Dict[str, Any]]:
+        def work(conn: Any) -> Dict[str, Any]:
+            table = conn.execute("SELECT to_regclass('run_events')::oid::bigint").fetchone()[0]
+            if table is None:
+                raise Unavailable(f"{self.describe()}: table run_events is missing")
+            tokens = {r: int(t) for r, t in conn.execute("SELECT run_id, xmin::text::bigint FROM run_snapshots")}
+            upto, count = conn.execute("SELECT coalesce(max(id), 0), count(*) FROM run_events").fetchone()
+            return {"table": table, "tokens": tokens, "upto": int(upto), "events": int(count)}
+
+        with self._lock:
+            return self._run(work)
+
+    @staticmethod
+    def _digits(part: int, parts: int) -> List[str]:
+        return [d for d in "0123456789abcdef" if int(d, 16) % parts == part]
+
+    def partition_snapshots(self, mark: Dict[str, Any], part: int, parts: int) -> Dict[str, Tuple[Any, Any]]:
+        digits = self._digits(part, parts)
+        mine = [r for r in mark["tokens"] if r[:1].lower() in digits or
+                (part == 0 and r[:1].lower() not in "0123456789abcdef")]
+        with self._lock:
+            rows = self._run(lambda conn: conn.execute(
+                "SELECT run_id, snapshot_json::text FROM run_snapshots WHERE run_id = ANY(%s)", (mine,)).fetchall())
+        return {r: (raw, mark["tokens"][r]) for r, raw in rows if r in mark["tokens"]}
+
+    def partition_rows(self, mark: Dict[str, Any], part: int, parts: int):
+        mine = [r for r in mark["tokens"] if r[:1].lower() in self._digits(part, parts) or
+                (part == 0 and r[:1].lower() not in "0123456789abcdef")]
+        # Runs are read one at a time through the (run_id, id) index, in batches.
+        for run_id in mine:
+            last = 0
+            while True:
+                with self._lock:
+                    rows = self._run(lambda conn: conn.execute(
+                        "SELECT id, run_id, event_json::text FROM run_events WHERE run_id = %s AND id > %s"
+                        " AND id <= %s ORDER BY id LIMIT %s", (run_id, last, mark["upto"], self.batch)).fetchall())
+                if not rows:
+                    break
+                last = rows[-1][0]
+                yield rows
+                if len(rows) < self.batch:
+                    break
+
+    def adopt(self, mark: Dict[str, Any]) -> None:
+        upto = mark["upto"]
+
+        def work(conn: Any) -> Tuple[Any, ...]:
+            low = max(0, upto - OVERLAP)
+            seen = {i for (i,) in conn.execute("SELECT id FROM run_events WHERE id > %s AND id <= %s", (low, upto))}
+            run_max = dict(conn.execute("SELECT run_id, max(id) FROM run_events WHERE id <= %s GROUP BY run_id",
+                                        (upto,)).fetchall())
+            probe = tuple(conn.execute(_PROBE_SQL, (low, upto)).fetchone())
+            return seen, run_max, probe
+
+        with self._lock:
+            seen, run_max, probe = self._run(work)
+            self._table = mark["table"]
+            self._cursor = upto
+            self._seen = seen
+            self._known = dict(mark["tokens"])
+            self._run_max = {r: int(m) for r, m in run_max.items()}
+            self._orphans = set()
+            self._probe = probe
+            self._more = False
+            self._polled = True
+
     # ------------------------------------------------------------------ the poll
 
     def _window(self) -> Tuple[int, int]:
