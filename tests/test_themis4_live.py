@@ -91,6 +91,17 @@ async def get(http_client, base_url, path):
     return resp, json.loads(resp.body)
 
 
+async def run_state(http_client, base_url, run_id, pred, timeout=60.0):
+    """The run's detail once `pred` holds for it (bounded wait for the daemon's polls)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp, body = await get(http_client, base_url, f"/api/runs/{run_id}")
+        if resp.code == 200 and pred(body):
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError("state not reached")
+
+
 @pytest.mark.gen_test(timeout=120)
 async def test_live_run_event_sequence(http_client, base_url, writer_and_spec, backend):
     writer, _ = writer_and_spec
@@ -135,14 +146,8 @@ async def test_rerun_rebuilds_instead_of_double_counting(http_client, base_url, 
     run.run_cases()
     run.complete()
 
-    async def state(pred, timeout=60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            resp, body = await get(http_client, base_url, f"/api/runs/{run.run_id}")
-            if resp.code == 200 and pred(body):
-                return body
-            await asyncio.sleep(0.05)
-        raise AssertionError("state not reached")
+    def state(pred):
+        return run_state(http_client, base_url, run.run_id, pred)
 
     await state(lambda b: b["status"] == "completed" and b["evaluated"] == N)
     conn = await connect(base_url)
@@ -170,16 +175,7 @@ async def test_resumed_run_is_flagged(http_client, base_url, writer_and_spec, ba
     run.fail("budget guard: token budget exhausted")
     conn = await connect(base_url)
 
-    async def failed():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            resp, body = await get(http_client, base_url, f"/api/runs/{run.run_id}")
-            if resp.code == 200 and body["status"] == "failed":
-                return body
-            await asyncio.sleep(0.05)
-        raise AssertionError("not failed")
-
-    body = await failed()
+    body = await run_state(http_client, base_url, run.run_id, lambda b: b["status"] == "failed")
     assert body["error_message"] == "budget guard: token budget exhausted"
     run.run_cases(run.case_ids[4:])
     run.complete()

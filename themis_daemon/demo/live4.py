@@ -80,8 +80,6 @@ class Themis4DemoThread(threading.Thread):
             self._submit()
             return
         run = self._run
-        if not self._todo and self._fail_at is None and getattr(run, "_started", False) is False:
-            pass
         if not getattr(run, "_started", False):
             run.start()
             run._started = True
