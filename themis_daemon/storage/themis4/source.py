@@ -78,7 +78,8 @@ class V4Run:
         self.error: Optional[str] = None       # events that could not be read
         self.read_error: Optional[str] = None  # the run's files could not be read (JSONL)
         self.last_change = time.time()
-        self._summary: Optional[Tuple[int, Dict[str, Any]]] = None
+        self._summary: Optional[Tuple[Any, Dict[str, Any]]] = None
+        self._fields: Optional[Tuple[int, Dict[str, Any]]] = None
 
     @classmethod
     def from_snapshot(cls, run_id: str, raw: Any, token: Any, source: Optional["Themis4Source"] = None) -> "V4Run":
@@ -101,7 +102,7 @@ class V4Run:
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
         state["source"] = None  # sent back from a scan process; the source is set on arrival
-        state["_summary"] = None
+        state["_summary"] = state["_fields"] = None
         return state
 
     def decode(self, pos: int, data: Any) -> Any:
@@ -123,15 +124,19 @@ class V4Run:
         self.last_change = _epoch(self.fold.updated_at) or time.time()
 
     def summary(self) -> Dict[str, Any]:
-        cached = self._summary
-        if cached is not None and cached[0] == self.version:
-            return cached[1]
-        fields = summary_fields(self.fold)
+        """Cached per version; the store's own error is added without refolding anything."""
         source_error = self.source.error if self.source is not None else None
-        out = {"run_id": self.run_id, **fields, "format": "themis-v4",
+        key = (self.version, source_error, self.read_error, self.error)
+        cached = self._summary
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        fields = self._fields
+        if fields is None or fields[0] != self.version:
+            fields = self._fields = (self.version, summary_fields(self.fold))
+        out = {"run_id": self.run_id, **fields[1], "format": "themis-v4",
                "source": self.source.name if self.source is not None else None,
                "error": "; ".join(e for e in (source_error, self.read_error, self.error) if e) or None}
-        self._summary = (self.version, out)
+        self._summary = (key, out)
         return out
 
 
@@ -245,7 +250,6 @@ class Themis4Source:
         self.error = self.root_error = message
         self.generation += 1
         for run_id, run in self._runs.items():
-            run._summary = None  # every summary carries the store's error
             if run_id not in res.changed:
                 res.changed.append(run_id)
 
