@@ -1,0 +1,182 @@
+"""The pure Themis 4 event fold, on its own (no I/O): the rules of spec §7–§9."""
+
+from __future__ import annotations
+
+import math
+
+from themis_daemon.storage.themis4.fold import RunFold, summary_fields
+
+METRICS = ["builtin/exact_match", "builtin/f1"]
+
+
+def snapshot(cases=4, metrics=METRICS):
+    return {
+        "datasets": [{"dataset_id": "ds", "metadata": {},
+                      "cases": [{"case_id": f"c{i}", "input": {"q": i}, "expected_output": str(i)}
+                                for i in range(cases)]}],
+        "component_refs": {"metrics": [{"component_id": m} for m in metrics],
+                           "generator": {"component_id": "generator/x"}},
+        "provenance": {"provider_metadata": {"generator": {"model_id": "m"}}},
+        "identity": {"generation_prompt_spec": {"instructions": "Solve."}},
+    }
+
+
+class Feed:
+    """Events with increasing positions and times, as a store would hand them over."""
+
+    def __init__(self, fold):
+        self.fold = fold
+        self.pos = 0
+
+    def __call__(self, kind, **fields):
+        self.pos += 1
+        ev = {"event_type": kind, "occurred_at": f"2026-01-01T00:00:{self.pos:02d}Z", **fields}
+        self.fold.apply(self.pos, ev)
+        return self.pos
+
+    def case(self, case_id, scores=None, **extra):
+        self("generation_completed", case_id=case_id, candidate_index=0, result={"final_output": "x"})
+        self("reduction_completed", case_id=case_id, result={"final_output": "x"})
+        self("parse_completed", case_id=case_id, result={"value": "x", "metadata": {}})
+        for metric, value in (scores or {m: 1.0 for m in METRICS}).items():
+            self("score_completed", case_id=case_id, metric_id=metric, score={"metric_id": metric, "value": value})
+
+
+def fresh(**kw):
+    fold = RunFold("r" * 64, snapshot(**kw))
+    return fold, Feed(fold)
+
+
+def test_pending_then_running_then_completed():
+    fold, feed = fresh()
+    assert summary_fields(fold)["status"] == "pending" and summary_fields(fold)["progress"] is None
+    feed("run_started")
+    assert (fold.status, summary_fields(fold)["status"]) == ("running", "in_progress")
+    for i in range(4):
+        feed.case(f"c{i}")
+    feed("run_completed", completed_through_stage="judge")
+    out = summary_fields(fold)
+    assert (fold.status, out["status"], out["progress"], out["evaluated"]) == ("completed", "completed", 1.0, 4)
+    assert out["created_at"] == "2026-01-01T00:00:01Z" and out["completed_at"] == out["updated_at"]
+
+
+def test_failed_then_completed_is_partial_failure_for_ever():
+    fold, feed = fresh()
+    feed("run_started")
+    feed.case("c0")
+    feed("run_failed", error_message="budget")
+    assert summary_fields(fold)["error_message"] == "budget"
+    for i in range(1, 4):
+        feed.case(f"c{i}")
+    feed("run_completed", completed_through_stage="judge")
+    assert fold.status == "partial_failure" and summary_fields(fold)["error_message"] is None
+    assert summary_fields(fold)["resumed"] is True
+
+
+def test_a_case_failure_after_completion_turns_it_partial():
+    fold, feed = fresh()
+    feed("run_started")
+    feed("run_completed", completed_through_stage="judge")
+    assert fold.status == "completed"
+    feed("generation_failed", case_id="c0", candidate_id="c0-candidate-0", error_message="boom")
+    assert fold.status == "partial_failure"
+
+
+def test_score_failure_is_cleared_by_a_later_score_and_vice_versa():
+    fold, feed = fresh()
+    feed("run_started")
+    feed.case("c0", scores={"builtin/exact_match": 1.0})
+    feed("score_failed", case_id="c0", metric_id="builtin/f1", error={"reason": "bad"})
+    assert fold.cases["c0"].has_failure()
+    feed("score_completed", case_id="c0", metric_id="builtin/f1", score={"value": 0.5})
+    assert not fold.cases["c0"].has_failure()
+    assert fold.metric_means() == {"builtin/exact_match": 1.0, "builtin/f1": 0.5}
+    feed("score_failed", case_id="c0", metric_id="builtin/f1", error={"reason": "bad again"})
+    assert fold.metric_means() == {"builtin/exact_match": 1.0}
+    # progress counts the case as failed once any failure event was seen
+    assert summary_fields(fold)["failed"] == 1
+
+
+def test_parse_error_makes_every_row_an_error():
+    fold, feed = fresh(cases=2)
+    feed("run_started")
+    feed.case("c0", scores={"builtin/exact_match": 0.0, "builtin/f1": 0.2})
+    feed.case("c1")
+    feed("parse_failed", case_id="c0", candidate_id="c0-reduced", error_message="unparseable")
+    assert fold.metric_means() == {"builtin/exact_match": 1.0, "builtin/f1": 1.0}
+    assert set(fold.paired_scores()["builtin/f1"]) == {"c1"}
+    sample = fold.sample("c0", {})
+    assert sample["scores"] == {} and set(sample["errors"]) == set(METRICS)
+
+
+def test_parser_null_and_invalid_outputs_are_error_rows():
+    fold, feed = fresh(cases=2)
+    feed("run_started")
+    feed.case("c0")
+    feed.case("c1")
+    feed("parse_completed", case_id="c0", result={"value": None, "metadata": {}})
+    feed("parse_completed", case_id="c1", result={"value": "x", "metadata": {"invalid": True}})
+    assert fold.metric_means() == {}
+    assert fold.cases["c0"].row_error("builtin/f1") == "Parser returned null output"
+
+
+def test_repeated_events_are_counted_once():
+    fold, feed = fresh()
+    feed("run_started")
+    feed.case("c0")
+    feed.case("c0")  # Themis' store retry can write the same events again
+    out = summary_fields(fold)
+    assert (out["generated"], out["evaluated"], out["num_samples"]) == (1, 1, 1)
+
+
+def test_generation_failures_drop_out_of_means_and_count_as_done():
+    fold, feed = fresh(cases=2)
+    feed("run_started")
+    feed.case("c0", scores={"builtin/exact_match": 0.0, "builtin/f1": 0.5})
+    feed("generation_failed", case_id="c1", candidate_id="c1-candidate-0", error_message="provider 400")
+    out = summary_fields(fold)
+    assert out["progress"] == 1.0 and out["failed"] == 1 and out["evaluated"] == 1
+    assert fold.metric_means() == {"builtin/exact_match": 0.0, "builtin/f1": 0.5}
+    assert fold.sample("c1", {})["error"] == "provider 400"
+
+
+def test_generate_only_run_is_complete_without_scores():
+    fold, feed = fresh(cases=1)
+    feed("run_started")
+    feed("generation_completed", case_id="c0", candidate_index=0, result={"final_output": "x"})
+    feed("run_completed", completed_through_stage="generate")
+    out = summary_fields(fold)
+    assert (out["status"], out["progress"], out["num_samples"], out["metrics"]) == ("completed", 1.0, 0, {})
+
+
+def test_unknown_and_malformed_events_are_counted_not_raised():
+    fold, feed = fresh()
+    feed("run_started")
+    feed("telemetry_ping")
+    feed("score_completed", metric_id="builtin/f1", score={"value": 1})  # no case id
+    fold.apply(99, ["not", "an", "object"])
+    assert fold.unknown_events == 1 and fold.bad_events == 2
+    assert fold.status == "running"
+
+
+def test_non_finite_scores_are_kept_out_of_means():
+    fold, feed = fresh(cases=2)
+    feed("run_started")
+    feed.case("c0", scores={"builtin/exact_match": 1.0, "builtin/f1": math.nan})
+    feed.case("c1", scores={"builtin/exact_match": 0.0, "builtin/f1": 0.5})
+    assert fold.metric_means() == {"builtin/exact_match": 0.5, "builtin/f1": 0.5}
+
+
+def test_candidates_are_listed_in_index_order():
+    fold, feed = fresh(cases=1)
+    feed("run_started")
+    positions = {}
+    for index in (2, 0, 1):
+        positions[index] = feed("generation_completed", case_id="c0", candidate_index=index,
+                                result={"final_output": f"out{index}"})
+    red = feed("reduction_completed", case_id="c0", result={"final_output": "out1"})
+    events = {pos: {"result": {"final_output": f"out{i}"}} for i, pos in positions.items()}
+    events[red] = {"result": {"final_output": "out1"}}
+    sample = fold.sample("c0", events, dataset={"references": {"c0": "1"}, "inputs": {"c0": {"q": 0}}})
+    assert sample["candidates"] == ["out0", "out1", "out2"] and sample["response"] == "out1"
+    assert sample["reference"] == "1" and sample["prompt"] == 'Instructions:\nSolve.\n\nInput:\n{"q": 0}'
