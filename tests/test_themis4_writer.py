@@ -292,14 +292,16 @@ def test_bulk_outcomes(tmp_path):
         w.bulk_run(model="m4", dataset_id="d", cases=cases)
 
 
-@pytest.mark.skipif(not os.environ.get("THEMIS4_PG_URL"), reason="set THEMIS4_PG_URL to a scratch database")
-def test_postgres_sink(tmp_path):
+def test_postgres_sink(tmp_path, pg_server):
     from themis_daemon.demo.themis4 import PostgresSink
 
-    w = Themis4Writer(PostgresSink(os.environ["THEMIS4_PG_URL"], tmp_path / "blobs"))
+    name = f"writer_{os.getpid()}"
+    pg_server.create_database(name)
+    w = Themis4Writer(PostgresSink(pg_server.url(name, password=pg_server.password), tmp_path / "blobs"))
     w.sink.clear_run(ALPHA)
     run = w.bulk_run(model="fake-alpha", dataset_id="arith-24", cases=make_arith_cases(24), latency_ms=0.0,
                      max_concurrent_tasks=4)
     assert run.run_id == ALPHA and len(w.sink.read_events(ALPHA)) == 122
     w.sink.clear_run(ALPHA)
     w.close()
+    pg_server.drop_database(name)
