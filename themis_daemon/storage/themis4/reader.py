@@ -8,7 +8,7 @@ Spec: ../shared/docs/themis-storage-v4.md §3 (layout) and §14 (reading a live 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, NamedTuple, Optional, Set
 
 from ..base import Unavailable  # noqa: F401  (re-exported for the readers)
 
@@ -16,9 +16,8 @@ from ..base import Unavailable  # noqa: F401  (re-exported for the readers)
 DEFAULT_BATCH = 5000
 
 
-@dataclass
-class Row:
-    """One stored event. `pos` is the store's own position: the `run_events.id` for SQLite and
+class Row(NamedTuple):
+    """One stored event (a plain tuple: a poll of a big store carries a million of them). `pos` is the store's own position: the `run_events.id` for SQLite and
     PostgreSQL (global, strictly increasing, never reused), the byte offset of the line in
     `events.jsonl` for JSONL (per run). `data` is the raw `event_json` (str/bytes), decoded by
     the source off the reader's transaction."""

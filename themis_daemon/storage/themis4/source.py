@@ -143,21 +143,33 @@ class V4Run:
 def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> Tuple[int, int]:
     """Fold rows `(pos, run_id, data)` into `runs`; (unknown-type events, events of no run).
 
-    Shared by polls and the cold-scan processes. A second `run_started` for a run means Themis
-    deleted it and wrote it again (existing_run_policy=rerun): that run starts over.
+    Shared by polls and the cold-scan processes, and the hottest loop of a first scan, so it
+    decodes inline. A second `run_started` for a run means Themis deleted it and wrote it
+    again (existing_run_policy=rerun): that run starts over.
     """
     unknown = orphans = 0
+    loads = _loads_fast
     for pos, run_id, data in rows:
         run = runs.get(run_id)
         if run is None:
             orphans += 1
             continue
-        event = run.decode(pos, data)
-        if run.fold.started_pos is not None and isinstance(event, dict) and event.get("event_type") == "run_started":
+        try:
+            event = loads(data)
+        except ValueError:
+            event = run.decode(pos, data)  # bare NaN/Infinity, or not JSON at all
+        fold = run.fold
+        if fold.started_pos is not None and type(event) is dict and event.get("event_type") == "run_started":
             runs[run_id] = run = run.restarted()
-        before = run.fold.unknown_events
-        run.apply(pos, event)
-        unknown += run.fold.unknown_events - before
+            fold = run.fold
+        before = fold.unknown_events
+        if type(event) is dict:
+            fold.apply(pos, event)
+        else:
+            run.apply(pos, event)
+        unknown += fold.unknown_events - before
+        if fold.bad_events:
+            run.error = f"{fold.bad_events} unreadable event(s); last: {fold.last_bad}"
         touched[run_id] = run
     return unknown, orphans
 
@@ -278,7 +290,7 @@ class Themis4Source:
             for run_id in poll.reset:
                 if run_id in runs and run_id not in poll.snapshots:
                     runs[run_id] = touched[run_id] = runs[run_id].restarted()
-            unknown, orphans = apply_rows(runs, ((r.pos, r.run_id, r.data) for r in poll.rows), touched)
+            unknown, orphans = apply_rows(runs, ((r[0], r[1], r[3]) for r in poll.rows), touched)
             self.unknown_events += unknown
             self.orphan_events += orphans
             if not poll.more:

@@ -53,7 +53,6 @@ class SqliteReader(EventReader):
                                        check_same_thread=False)
             except sqlite3.Error as exc:
                 raise Unavailable(self._explain(exc)) from None
-            conn.text_factory = bytes  # decoded by the source with orjson, off this connection
             self._conn = conn
             try:
                 self._conn_ino = os.stat(self.location).st_ino
@@ -99,8 +98,7 @@ class SqliteReader(EventReader):
         if not looks_like_sqlite(self.location):
             raise NotAStore(f"{self.location}: not an SQLite database (expected a Themis 4 SQLite store)")
         try:
-            tables = {r[0].decode() if isinstance(r[0], bytes) else r[0]
-                      for r in self._query("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = {r[0] for r in self._query("SELECT name FROM sqlite_master WHERE type='table'")}
         except Unavailable as exc:
             raise NotAStore(f"{self.location}: cannot be read: {exc}") from None
         missing = REQUIRED_TABLES - tables
@@ -157,16 +155,16 @@ class SqliteReader(EventReader):
     def _read(self) -> Poll:
         out = Poll()
         snaps = self._query("SELECT rowid, run_id FROM run_snapshots")
-        current = {(r[1].decode() if isinstance(r[1], bytes) else r[1]): r[0] for r in snaps}
+        current = {r[1]: r[0] for r in snaps}
         out.runs = current
         fresh = [rid for rid, token in current.items() if self._tokens.get(rid) != token]
         out.reset = {rid for rid in fresh if rid in self._tokens}  # deleted and re-created (rerun)
         if fresh:
             out.snapshots = self._snapshots(fresh)
-        out.rows = self._rows("SELECT id, run_id, event_type, event_json FROM run_events WHERE id > ? "
+        out.rows = self._rows("SELECT id, run_id, event_type, CAST(event_json AS BLOB) FROM run_events WHERE id > ? "
                               "ORDER BY id LIMIT ?", (self._last_id, self.batch))
         if out.rows:
-            self._last_id = out.rows[-1].pos
+            self._last_id = out.rows[-1][0]
         out.more = len(out.rows) >= self.batch
         self._tokens = current
         return out
@@ -179,8 +177,7 @@ class SqliteReader(EventReader):
         try:
             conn.execute("BEGIN")
             try:
-                tokens = {(r[1].decode() if isinstance(r[1], bytes) else r[1]): r[0]
-                          for r in conn.execute("SELECT rowid, run_id FROM run_snapshots")}
+                tokens = {r[1]: r[0] for r in conn.execute("SELECT rowid, run_id FROM run_snapshots")}
                 upto, count = conn.execute("SELECT coalesce(max(id), 0), count(*) FROM run_events").fetchone()
             finally:
                 conn.execute("COMMIT")
@@ -207,12 +204,12 @@ class SqliteReader(EventReader):
         where = "lower(substr(run_id, 1, 1)) IN (%s)%s" % (",".join("'%s'" % d for d in digits), others)
         last = 0
         while True:
-            rows = self._query(f"SELECT id, run_id, event_json FROM run_events WHERE id > ? AND id <= ? "
-                               f"AND ({where}) ORDER BY id LIMIT ?", (last, mark["upto"], self.batch))
+            rows = self._query(f"SELECT id, run_id, CAST(event_json AS BLOB) FROM run_events WHERE id > ? "
+                               f"AND id <= ? AND ({where}) ORDER BY id LIMIT ?", (last, mark["upto"], self.batch))
             if not rows:
                 return
             last = rows[-1][0]
-            yield [(r[0], r[1].decode() if isinstance(r[1], bytes) else r[1], r[2]) for r in rows]
+            yield rows
 
     def adopt(self, mark: Dict[str, Any]) -> None:
         self._last_id = mark["upto"]
@@ -224,18 +221,18 @@ class SqliteReader(EventReader):
         for start in range(0, len(run_ids), 200):
             part = run_ids[start:start + 200]
             marks = ",".join("?" * len(part))
-            for rid, text in self._query(f"SELECT run_id, snapshot_json FROM run_snapshots WHERE run_id IN ({marks})",
-                                         tuple(part)):
-                found[rid.decode() if isinstance(rid, bytes) else rid] = text
+            for rid, text in self._query(f"SELECT run_id, CAST(snapshot_json AS BLOB) FROM run_snapshots "
+                                         f"WHERE run_id IN ({marks})", tuple(part)):
+                found[rid] = text
         return found
 
     def _rows(self, sql: str, args: Tuple) -> List[Row]:
-        return [Row(r[0], r[1].decode() if isinstance(r[1], bytes) else r[1],
-                    r[2].decode() if isinstance(r[2], bytes) else r[2], r[3])
-                for r in self._query(sql, args)]
+        # Plain (id, run_id, event_type, event_json) tuples straight from SQLite: the same
+        # fields as Row, without a Python object per row.
+        return self._query(sql, args)  # type: ignore[return-value]
 
     def snapshot(self, run_id: str) -> Any:
-        rows = self._query("SELECT snapshot_json FROM run_snapshots WHERE run_id = ?", (run_id,))
+        rows = self._query("SELECT CAST(snapshot_json AS BLOB) FROM run_snapshots WHERE run_id = ?", (run_id,))
         return rows[0][0] if rows else None
 
     def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
@@ -245,7 +242,7 @@ class SqliteReader(EventReader):
             part = wanted[start:start + 500]
             marks = ",".join("?" * len(part))
             for pos, rid, text in self._query(
-                    f"SELECT id, run_id, event_json FROM run_events WHERE id IN ({marks})", tuple(part)):
-                if (rid.decode() if isinstance(rid, bytes) else rid) == run_id:
+                    f"SELECT id, run_id, CAST(event_json AS BLOB) FROM run_events WHERE id IN ({marks})", tuple(part)):
+                if rid == run_id:
                     out[pos] = text
         return out
