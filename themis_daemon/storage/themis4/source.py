@@ -273,6 +273,17 @@ class Themis4Source:
                 return
         runs = dict(self._runs)
         touched: Dict[str, V4Run] = {}
+        try:
+            self._poll_loop(runs, touched)
+        except BaseException:
+            # What the reader has handed over is folded already and its cursor has moved on:
+            # keep it even when a later poll of this refresh failed (a lock, a lost server).
+            self._commit(runs, touched, res)
+            raise
+        self._commit(runs, touched, res)
+        self.scanned = True  # a first scan is complete only once every poll of it succeeded
+
+    def _poll_loop(self, runs: Dict[str, V4Run], touched: Dict[str, V4Run]) -> None:
         for _ in range(MAX_POLLS_PER_REFRESH):
             with self._lock:
                 poll = self.reader.poll()
@@ -295,7 +306,6 @@ class Themis4Source:
             self.orphan_events += orphans
             if not poll.more:
                 break
-        self._commit(runs, touched, res)
 
     def _cold_scan(self, res: RefreshResult) -> bool:
         """The first scan of a big store, decoded and folded in worker processes; False when
@@ -327,6 +337,7 @@ class Themis4Source:
         with self._lock:
             reader.adopt(mark)
         self._commit(runs, dict(runs), res)
+        self.scanned = True
         return True
 
     def _commit(self, runs: Dict[str, V4Run], touched: Dict[str, V4Run], res: RefreshResult) -> None:
@@ -353,7 +364,6 @@ class Themis4Source:
         if res.added or res.removed or res.changed:
             self.generation += 1
         self._runs = runs
-        self.scanned = True
 
     # ------------------------------------------------------------------ queries
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
@@ -20,6 +21,9 @@ from .reader import EventReader, Poll, Row, Unavailable
 HEADER = b"SQLite format 3\x00"
 REQUIRED_TABLES = {"run_snapshots", "run_events"}
 BUSY_TIMEOUT_S = 0.05  # never wait long for the writer's lock: the next poll retries
+# Rows per statement: in rollback-journal mode a writer cannot commit while a read statement
+# runs, so each one is kept to a few milliseconds (about 1.5 KB per Themis event).
+SQLITE_BATCH = 1000
 
 
 def looks_like_sqlite(path: str) -> bool:
@@ -35,6 +39,7 @@ class SqliteReader(EventReader):
     global_positions = True
 
     def __init__(self, path: str, **kwargs: Any):
+        kwargs.setdefault("batch", SQLITE_BATCH)
         super().__init__(os.path.abspath(path), **kwargs)
         self._conn: Optional[sqlite3.Connection] = None
         self._last_id = 0
@@ -178,12 +183,14 @@ class SqliteReader(EventReader):
             conn.execute("BEGIN")
             try:
                 tokens = {r[1]: r[0] for r in conn.execute("SELECT rowid, run_id FROM run_snapshots")}
-                upto, count = conn.execute("SELECT coalesce(max(id), 0), count(*) FROM run_events").fetchone()
+                # min/max of the rowid are two b-tree lookups; count(*) would read the whole
+                # table inside this transaction and hold a writer up for as long.
+                low, upto = conn.execute("SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM run_events").fetchone()
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise Unavailable(self._explain(exc), transient="locked" in str(exc)) from None
-        return {"tokens": tokens, "upto": upto, "events": count, "sig": sig}
+        return {"tokens": tokens, "upto": upto, "events": upto - low + 1 if upto else 0, "sig": sig}
 
     @staticmethod
     def _digits(part: int, parts: int) -> Tuple[str, ...]:
@@ -194,8 +201,20 @@ class SqliteReader(EventReader):
         digits = self._digits(part, parts)
         mine = [rid for rid in mark["tokens"] if rid[:1].lower() in digits or
                 (part == 0 and rid[:1].lower() not in "0123456789abcdef")]
-        snaps = self._snapshots(mine)
+        snaps = self._snapshots(mine, patient=True)
         return {rid: (snaps[rid], mark["tokens"][rid]) for rid in mine if rid in snaps}
+
+    def _patient_query(self, sql: str, args: Tuple = (), attempts: int = 200) -> List[tuple]:
+        """A scan worker's statement: a writer's commit holds the lock for a moment, so wait
+        for it a little (bounded) instead of failing the whole first scan."""
+        for attempt in range(attempts):
+            try:
+                return self._query(sql, args)
+            except Unavailable as exc:
+                if not exc.transient or attempt == attempts - 1:
+                    raise
+                time.sleep(0.02)
+        raise AssertionError("unreachable")
 
     def partition_rows(self, mark: Dict[str, Any], part: int, parts: int):
         digits = self._digits(part, parts)
@@ -204,8 +223,8 @@ class SqliteReader(EventReader):
         where = "lower(substr(run_id, 1, 1)) IN (%s)%s" % (",".join("'%s'" % d for d in digits), others)
         last = 0
         while True:
-            rows = self._query(f"SELECT id, run_id, CAST(event_json AS BLOB) FROM run_events WHERE id > ? "
-                               f"AND id <= ? AND ({where}) ORDER BY id LIMIT ?", (last, mark["upto"], self.batch))
+            rows = self._patient_query(f"SELECT id, run_id, CAST(event_json AS BLOB) FROM run_events WHERE id > ? "
+                                       f"AND id <= ? AND ({where}) ORDER BY id LIMIT ?", (last, mark["upto"], self.batch))
             if not rows:
                 return
             last = rows[-1][0]
@@ -216,12 +235,13 @@ class SqliteReader(EventReader):
         self._tokens = dict(mark["tokens"])
         self._probe = self._probe_at_poll = mark["sig"]
 
-    def _snapshots(self, run_ids: List[str]) -> Dict[str, Any]:
+    def _snapshots(self, run_ids: List[str], patient: bool = False) -> Dict[str, Any]:
+        query = self._patient_query if patient else self._query
         found: Dict[str, Any] = {}
         for start in range(0, len(run_ids), 200):
             part = run_ids[start:start + 200]
             marks = ",".join("?" * len(part))
-            for rid, text in self._query(f"SELECT run_id, CAST(snapshot_json AS BLOB) FROM run_snapshots "
+            for rid, text in query(f"SELECT run_id, CAST(snapshot_json AS BLOB) FROM run_snapshots "
                                          f"WHERE run_id IN ({marks})", tuple(part)):
                 found[rid] = text
         return found
