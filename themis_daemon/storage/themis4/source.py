@@ -213,6 +213,8 @@ class Themis4Source:
         self.clock = clock
         self._runs: Dict[str, V4Run] = {}
         self._lock = threading.Lock()          # one reader call at a time (its connection)
+        self._datasets: Dict[Tuple[str, Any], Dict[str, Any]] = {}
+        self._datasets_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self.generation = 0
         self.scanned = False
@@ -402,14 +404,7 @@ class Themis4Source:
                 events[pos] = decode(data)
             except (ValueError, UnicodeDecodeError):
                 continue
-        dataset = None
-        if page:
-            with self._lock:
-                raw_snapshot = self.reader.snapshot(run_id)
-            try:
-                dataset = describe_snapshot(decode(raw_snapshot)) if raw_snapshot is not None else None
-            except (ValueError, UnicodeDecodeError):
-                dataset = None
+        dataset = self._dataset(run) if page else None
         samples = [fold.sample(cid, events, pending=include_pending and index >= scored, dataset=dataset)
                    for index, cid in enumerate(order[offset:stop], offset)]
         if include_pending:
@@ -429,6 +424,28 @@ class Themis4Source:
             "snapshot": fold.info.get("meta"),
         }
         return out, version
+
+    def _dataset(self, run: V4Run) -> Optional[Dict[str, Any]]:
+        """References and inputs of a run's dataset, read from its snapshot on demand; a few
+        are kept (a snapshot never changes while its run keeps its token)."""
+        key = (run.run_id, run.token)
+        with self._datasets_lock:
+            hit = self._datasets.pop(key, None)
+            if hit is not None:
+                self._datasets[key] = hit
+                return hit
+        with self._lock:
+            raw = self.reader.snapshot(run.run_id)
+        try:
+            dataset = describe_snapshot(decode(raw)) if raw is not None else None
+        except (ValueError, UnicodeDecodeError):
+            dataset = None
+        if dataset is not None:
+            with self._datasets_lock:
+                self._datasets[key] = dataset
+                while len(self._datasets) > 8:
+                    self._datasets.pop(next(iter(self._datasets)))
+        return dataset
 
     def scores(self, run_id: str) -> Dict[str, Dict[Any, List[float]]]:
         return self.get(run_id).fold.paired_scores()
