@@ -180,3 +180,38 @@ def test_candidates_are_listed_in_index_order():
     sample = fold.sample("c0", events, dataset={"references": {"c0": "1"}, "inputs": {"c0": {"q": 0}}})
     assert sample["candidates"] == ["out0", "out1", "out2"] and sample["response"] == "out1"
     assert sample["reference"] == "1" and sample["prompt"] == 'Instructions:\nSolve.\n\nInput:\n{"q": 0}'
+
+
+def test_run_id_prefixes_resolve_uniquely_or_say_how_many_match():
+    from themis_daemon.storage import AmbiguousRun, RunNotFound, Sources
+
+    class Stub:
+        name = root = "stub"
+        generation = 0
+        scanned = True
+        root_error = None
+
+        def __init__(self, ids):
+            self.ids = ids
+
+        def run_ids(self):
+            return list(self.ids)
+
+    a, b, c = "abcdef01" + "0" * 56, "abcdef01" + "1" * 56, "abcdef02" + "2" * 56
+    sources = Sources([Stub([a, b, c])])
+    assert sources.resolve(c[:8]) == c and sources.resolve(a) == a
+    try:
+        sources.resolve("abcdef01")
+    except AmbiguousRun as exc:
+        assert exc.matches == 2
+    else:
+        raise AssertionError("an ambiguous prefix resolved")
+    for ref in ("abcdef0", "ABCDEF02", "zzzzzzzz", "abcdef0199"):
+        try:
+            sources.resolve(ref)
+        except AmbiguousRun:
+            raise AssertionError(ref)
+        except RunNotFound:
+            pass
+        else:
+            raise AssertionError(f"{ref} resolved")
