@@ -145,3 +145,18 @@ class TestDefaultCors:
     async def test_any_origin_by_default(self, http_client, base_url):
         resp, _ = await fetch(http_client, base_url + "/api/runs", headers={"Origin": "https://anywhere.example"})
         assert resp.code == 200 and resp.headers["Access-Control-Allow-Origin"] == "*"
+
+
+@pytest.mark.gen_test
+async def test_api_keys_in_query_strings_never_reach_the_access_log(base_url, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    ws_url = base_url.replace("http", "ws", 1) + "/ws?token=" + KEYS[1]
+    conn = await tornado.websocket.websocket_connect(ws_url)
+    await conn.write_message(json.dumps({"type": "ping"}))
+    assert json.loads(await conn.read_message()) == {"type": "pong"}
+    conn.close()
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "tornado.access")
+    assert "/ws?token=***" in logged
+    assert all(key not in logged for key in KEYS)

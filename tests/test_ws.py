@@ -332,3 +332,17 @@ class TestStalledInRest:
         conn = await subscribed(base_url, "gz-live")
         assert (await recv(conn))["data"]["stalled"] is True
         conn.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_protocol_pings_get_no_json_pong(base_url):
+    """A WebSocket-level ping is answered by the protocol; only a JSON ping gets a JSON pong."""
+    conn = await connect(base_url)
+    for _ in range(3):
+        conn.ping(b"are you there")
+    await send(conn, {"type": "unsubscribe", "run_id": "marker"})
+    # the first text message is the answer to the marker, not a pong per protocol ping
+    assert await recv(conn) == {"type": "unsubscribed", "run_id": "marker"}
+    await send(conn, {"type": "ping"})
+    assert await recv(conn) == {"type": "pong"}
+    conn.close()

@@ -7,6 +7,7 @@ tests, from sharing counters. Gauges that mirror daemon state are read at scrape
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -85,8 +86,17 @@ class Metrics:
             log = access_log.warning
         else:
             log = access_log.error
-        log("%d %s %s (%s) %.2fms rid=%s", status, handler.request.method, handler.request.uri,
+        log("%d %s %s (%s) %.2fms rid=%s", status, handler.request.method, redact_uri(handler.request.uri),
             handler.request.remote_ip, duration * 1000, request_id(handler))
+
+
+_SECRET_PARAMS = re.compile(r"([?&](?:token|api_key|apikey|key|password)=)[^&#]*", re.IGNORECASE)
+
+
+def redact_uri(uri: str) -> str:
+    """A request URI as it may be logged: API keys passed in the query (`/ws?token=...`, what
+    browsers must do) are replaced by ***."""
+    return _SECRET_PARAMS.sub(r"\1***", uri or "")
 
 
 class MetricsHandler(BaseHandler):

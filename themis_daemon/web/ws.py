@@ -232,12 +232,14 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if kind == "subscribe":
             # Answer from a scanned store, so a known run always gets its run_state.
             await self.daemon.monitor.ensure_fresh()
-        getattr(self, f"on_{kind}")(msg)
+        getattr(self, f"handle_{kind}")(msg)
 
-    def on_ping(self, msg: Dict[str, Any]) -> None:
+    # `handle_*`, not `on_*`: Tornado calls `on_ping(data)` for protocol-level pings, which
+    # are answered by the protocol itself and must not produce a JSON pong.
+    def handle_ping(self, msg: Dict[str, Any]) -> None:
         self.reply({"type": "pong"})
 
-    def on_subscribe(self, msg: Dict[str, Any]) -> None:
+    def handle_subscribe(self, msg: Dict[str, Any]) -> None:
         run_id = msg["run_id"]
         client = self.client
         hub = self.daemon.hub
@@ -261,7 +263,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             self.reply({"type": "run_state", "run_id": run_id,
                         "data": self.daemon.monitor.annotate(store.summary(run_id))})
 
-    def on_unsubscribe(self, msg: Dict[str, Any]) -> None:
+    def handle_unsubscribe(self, msg: Dict[str, Any]) -> None:
         self.client.subscriptions.discard(msg["run_id"])
         self.reply({"type": "unsubscribed", "run_id": msg["run_id"]})
 
