@@ -223,3 +223,14 @@ async def test_docs_and_dashboard_stay_public_with_api_keys(daemon, http_client,
     assert resp.code == 401
     resp = await fetch(http_client, base_url, "/api/runs", headers={"X-API-Key": "s3cret"})
     assert resp.code == 200
+
+
+@pytest.mark.gen_test
+async def test_content_security_policy_ignores_the_host_header(http_client, base_url):
+    for path in ("/docs", "/dashboard/"):
+        for host in ("evil.example", "evil.example;script-src"):
+            resp = await http_client.fetch(base_url + path, headers={"Host": host}, raise_error=False)
+            csp = resp.headers.get("Content-Security-Policy", "")
+            assert "evil" not in csp, csp
+            if resp.code == 200:
+                assert "connect-src 'self';" in csp

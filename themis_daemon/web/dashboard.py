@@ -19,15 +19,16 @@ DASHBOARD_DIR = os.path.join(STATIC_DIR, "dashboard")
 
 
 def content_security_policy(handler: tornado.web.RequestHandler) -> str:
-    """Same-origin only; WebSocket to this host; inline styles (Swagger UI and ReDoc set them)."""
-    host = handler.request.host
+    """Same-origin only; inline styles (Swagger UI and ReDoc set them). Built from constants
+    alone: never from request headers such as Host, which a client controls. `'self'` also
+    allows WebSockets to this origin (CSP Level 3)."""
     return "; ".join((
         "default-src 'self'",
         "script-src 'self'",
         "style-src 'self' 'unsafe-inline'",
         "img-src 'self' data:",
         "font-src 'self' data:",
-        f"connect-src 'self' ws://{host} wss://{host}",
+        "connect-src 'self'",
         "worker-src 'self' blob:",
         "object-src 'none'",
         "base-uri 'self'",
