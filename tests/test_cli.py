@@ -252,3 +252,23 @@ def test_non_editable_install_finds_schemas_and_demo_store(tmp_path):
         assert (target / "themis_daemon" / "schemas" / f"{name}.schema.json").is_file()
     assert (target / "themis_daemon" / "demo" / "stores" / "themis-v1-gzip" / "experiments" / "default" / "runs"
             / "gz-direct" / "generation" / "records.jsonl.gz").is_file()
+
+
+def test_cors_credentials_with_any_origin_is_refused(tmp_path, plain_store):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cors:\n  allow_credentials: true\n  allow_origins: ['*']\n")
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", plain_store, "--config", str(cfg)),
+                     "cors.allow_credentials", "allow_origins")
+    from themis_daemon.config import ConfigError, load_settings
+
+    cfg.write_text("cors:\n  allow_credentials: true\n  allow_origins: ['https://lab.example']\n")
+    assert load_settings(str(cfg), environ={}).cors.allow_credentials is True
+    with pytest.raises(ConfigError):
+        load_settings(None, environ={"THEMIS_CORS_ALLOW_CREDENTIALS": "true"})
+
+
+def test_empty_config_file_is_refused(tmp_path, plain_store):
+    cfg = tmp_path / "empty.yaml"
+    cfg.write_text("# nothing here\n")
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", plain_store, "--config", str(cfg)),
+                     str(cfg), "empty")

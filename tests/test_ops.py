@@ -840,3 +840,28 @@ def test_ctrl_c_with_workers_still_drains(plain_store):
         assert not any(alive(w) for w in workers)
     finally:
         kill_all(d, workers)
+
+
+def test_reload_guards_api_keys(plain_store, tmp_path):
+    """An empty file is refused (the keys stay); a file without keys is taken, with a warning."""
+    cfg = tmp_path / "c.yaml"
+    write_config(cfg, "auth:\n  api_keys: [k-0123456789abcdef]\n")
+    d = Daemon("--storage", plain_store, "--config", str(cfg), "--log-level", "info")
+    try:
+        assert d.get("/api/runs")[0] == 401
+        before = len(d.lines)
+        write_config(cfg, "")
+        d.signal(signal.SIGHUP)
+        line = d.wait_log("reload failed", timeout=60, start=before)
+        assert "empty" in line and "k-0123456789abcdef" not in d.text()
+        assert d.get("/api/runs")[0] == 401  # still protected
+        before = len(d.lines)
+        write_config(cfg, "benchmarks: [one]\n")
+        d.signal(signal.SIGHUP)
+        line = d.wait_log("removed every API key", timeout=60, start=before)
+        assert "WARNING" in line
+        assert wait_until(lambda: d.get("/api/runs")[0] == 200, 60)
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(30) == 0
+    finally:
+        d.kill()

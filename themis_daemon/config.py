@@ -183,7 +183,10 @@ def read_file(path: str) -> Dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
     if doc is None:
-        return {}
+        # An empty file is a mistake more often than a wish for the defaults (a truncated
+        # deployment, a reload that would silently drop every API key).
+        raise ConfigError(f"{path}: the configuration file is empty; give at least one setting "
+                          "or leave --config/THEMIS_CONFIG out to use the defaults")
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     _check(doc, path)
@@ -263,7 +266,17 @@ def build(doc: Mapping[str, Any], config_file: Optional[str] = None) -> Settings
         if dataclasses.is_dataclass(default):
             value = type(default)(**(value or {}))
         kwargs[f.name] = value if value is not None else default
-    return Settings(config_file=config_file, **kwargs)
+    settings = Settings(config_file=config_file, **kwargs)
+    check_consistency(settings)
+    return settings
+
+
+def check_consistency(settings: Settings) -> None:
+    """Rules across keys that the schema cannot express; ConfigError names the keys."""
+    cors = settings.cors
+    if cors.allow_credentials and "*" in cors.allow_origins:
+        raise ConfigError("cors.allow_credentials: true needs explicit cors.allow_origins; with '*' every "
+                          "web site could read answers with a user's credentials (browsers refuse it too)")
 
 
 def settings_from_kwargs(storage_path: Optional[str] = None, **kwargs: Any) -> Settings:

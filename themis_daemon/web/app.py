@@ -90,7 +90,11 @@ class Daemon:
 
     def apply(self, settings: Settings) -> None:
         """Take over reloadable settings (SIGHUP) without dropping connections."""
-        self.api_keys = settings.api_keys()
+        keys = settings.api_keys()
+        if self.api_keys and not keys:
+            log.warning("configuration reload removed every API key: /api and /ws are now open to anyone "
+                        "who can reach this daemon")
+        self.api_keys = keys
         self.settings = settings
         if self.hub is not None:
             self.hub.settings = settings.websocket
