@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import tornado.websocket
@@ -160,3 +161,20 @@ async def test_api_keys_in_query_strings_never_reach_the_access_log(base_url, ca
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "tornado.access")
     assert "/ws?token=***" in logged
     assert all(key not in logged for key in KEYS)
+
+
+@pytest.mark.gen_test
+async def test_unknown_methods_meet_the_key_check_first_and_stay_one_label(http_client, base_url):
+    resp, body = await fetch(http_client, base_url + "/api/runs", method="BREW", allow_nonstandard_methods=True)
+    assert resp.code == 401  # no key: nothing else is said
+    for i in range(50):
+        resp, body = await fetch(http_client, base_url + "/api/runs", method=f"X{i}", allow_nonstandard_methods=True,
+                                 headers={"X-API-Key": KEYS[0]})
+        assert resp.code == 405 and resp.headers["Allow"] == "GET, OPTIONS", body
+        assert body["status"] == 405
+    resp, body = await fetch(http_client, base_url + "/api/compare", method="GET", headers={"X-API-Key": KEYS[0]})
+    assert resp.code == 405 and resp.headers["Allow"] == "POST, OPTIONS"
+    resp = await http_client.fetch(base_url + "/metrics", headers={"X-API-Key": KEYS[0]})
+    text = resp.body.decode()
+    labels = set(re.findall(r'themis_http_requests_total\{[^}]*method="([^"]+)"', text))
+    assert labels <= {"GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS", "other"}, labels

@@ -80,11 +80,28 @@ def request_key(handler: tornado.web.RequestHandler, allow_query: bool = False) 
     return None
 
 
+STANDARD_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+
+class _AnyMethod(tuple):
+    """Lets every method through Tornado's early 405, so the key is checked first and the 405
+    names the allowed methods (see BaseHandler.prepare)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
 class BaseHandler(tornado.web.RequestHandler):
     """Shared behaviour of every HTTP route: JSON in and out, errors as RFC 9457 problems."""
 
+    SUPPORTED_METHODS = _AnyMethod(STANDARD_METHODS)  # type: ignore[assignment]
     # Routes that stay public when API keys are configured.
     public = False
+
+    def allowed_methods(self) -> List[str]:
+        base = tornado.web.RequestHandler
+        return [m for m in STANDARD_METHODS
+                if m == "OPTIONS" or getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)]
 
     @property
     def daemon(self):
@@ -134,9 +151,13 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         self.daemon.ensure_started()
-        if self.request.method == "OPTIONS" or self.public:
-            return
-        self.check_api_key()
+        method = self.request.method
+        if method != "OPTIONS" and not self.public:
+            self.check_api_key()  # before anything else: an unknown method learns nothing either
+        allowed = self.allowed_methods()
+        if method not in allowed:
+            raise ApiError(405, f"Method {method if method in STANDARD_METHODS else 'not'} allowed here; "
+                                f"use {', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
 
     def check_api_key(self, allow_query: bool = False) -> None:
         keys = self.daemon.api_keys

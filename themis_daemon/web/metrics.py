@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .base import BaseHandler, request_id
+from .base import STANDARD_METHODS, BaseHandler, request_id
 
 access_log = logging.getLogger("tornado.access")
 
@@ -78,7 +78,8 @@ class Metrics:
         status = handler.get_status()
         duration = handler.request.request_time()
         name = type(handler).__name__
-        self.requests.labels(name, handler.request.method, str(status)).inc()
+        method = handler.request.method if handler.request.method in STANDARD_METHODS else "other"
+        self.requests.labels(name, method, str(status)).inc()  # bounded label values
         self.latency.labels(name).observe(duration)
         if status < 400:
             log = access_log.info
