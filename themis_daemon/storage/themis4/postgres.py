@@ -218,39 +218,44 @@ class PostgresReader(EventReader):
         digits = self._digits(part, parts)
         mine = [r for r in mark["tokens"] if r[:1].lower() in digits or
                 (part == 0 and r[:1].lower() not in "0123456789abcdef")]
-        with self._lock:
-            rows = self._run(lambda conn: conn.execute(
-                "SELECT run_id, snapshot_json::text FROM run_snapshots WHERE run_id = ANY(%s)", (mine,)).fetchall())
-        return {r: (raw, mark["tokens"][r]) for r, raw in rows if r in mark["tokens"]}
+        out: Dict[str, Tuple[Any, Any]] = {}
+        for start in range(0, len(mine), 8):  # a few snapshots (each holds a whole dataset) per transaction
+            chunk = mine[start:start + 8]
+            with self._lock:
+                rows = self._run(lambda conn: conn.execute(
+                    "SELECT run_id, snapshot_json::text FROM run_snapshots WHERE run_id = ANY(%s)", (chunk,)).fetchall())
+            out.update({r: (raw, mark["tokens"][r]) for r, raw in rows if r in mark["tokens"]})
+        return out
 
     def partition_rows(self, mark: Dict[str, Any], part: int, parts: int):
         mine = [r for r in mark["tokens"] if r[:1].lower() in self._digits(part, parts) or
                 (part == 0 and r[:1].lower() not in "0123456789abcdef")]
-        # Runs are read one at a time through the (run_id, id) index, in batches.
+        # Runs are read one at a time through the (run_id, id) index, in short batches.
+        batch = min(self.batch, 1000)
         for run_id in mine:
             last = 0
             while True:
                 with self._lock:
                     rows = self._run(lambda conn: conn.execute(
                         "SELECT id, run_id, event_json::text FROM run_events WHERE run_id = %s AND id > %s"
-                        " AND id <= %s ORDER BY id LIMIT %s", (run_id, last, mark["upto"], self.batch)).fetchall())
+                        " AND id <= %s ORDER BY id LIMIT %s", (run_id, last, mark["upto"], batch)).fetchall())
                 if not rows:
                     break
                 last = rows[-1][0]
                 yield rows
-                if len(rows) < self.batch:
+                if len(rows) < batch:
                     break
 
-    def adopt(self, mark: Dict[str, Any]) -> None:
+    def adopt(self, mark: Dict[str, Any], last_positions: Optional[Dict[str, int]] = None) -> None:
+        """Continue after a parallel first scan; `last_positions` (run -> last id folded) comes
+        from the scan itself, so no query has to read every event again."""
         upto = mark["upto"]
 
         def work(conn: Any) -> Tuple[Any, ...]:
             low = max(0, upto - OVERLAP)
             seen = {i for (i,) in conn.execute("SELECT id FROM run_events WHERE id > %s AND id <= %s", (low, upto))}
-            run_max = dict(conn.execute("SELECT run_id, max(id) FROM run_events WHERE id <= %s GROUP BY run_id",
-                                        (upto,)).fetchall())
             probe = tuple(conn.execute(_PROBE_SQL, (low, upto)).fetchone())
-            return seen, run_max, probe
+            return seen, dict(last_positions or {}), probe
 
         with self._lock:
             seen, run_max, probe = self._run(work)

@@ -102,7 +102,7 @@ class V4Run:
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
         state["source"] = None  # sent back from a scan process; the source is set on arrival
-        state["_summary"] = state["_fields"] = None
+        state["_summary"] = None  # `_fields`, the costly part, travels along
         return state
 
     def decode(self, pos: int, data: Any) -> Any:
@@ -191,6 +191,7 @@ def _scan_part(kind: str, location: str, options: Dict[str, Any], mark: Any, par
             counts[1] += orphans
         for run in runs.values():
             run.touched()
+            run.summary()  # the fold figures are computed here, in the worker, and travel with the run
         return runs, counts
     finally:
         reader.close()
@@ -337,8 +338,8 @@ class Themis4Source:
         for run in runs.values():
             run.source = self
         with self._lock:
-            reader.adopt(mark)
-        self._commit(runs, dict(runs), res)
+            reader.adopt(mark, {r: run.fold.last_pos for r, run in runs.items() if run.fold.last_pos is not None})
+        self._commit(runs, {}, res)  # folded and summarised in the workers already
         self.scanned = True
         return True
 

@@ -103,8 +103,13 @@ class SqliteReader(EventReader):
         if not looks_like_sqlite(self.location):
             raise NotAStore(f"{self.location}: not an SQLite database (expected a Themis 4 SQLite store)")
         try:
-            tables = {r[0] for r in self._query("SELECT name FROM sqlite_master WHERE type='table'")}
+            # A writer committing right now holds the lock for a moment: wait for it (bounded)
+            # rather than refuse to start next to a live run.
+            tables = {r[0] for r in self._patient_query("SELECT name FROM sqlite_master WHERE type='table'",
+                                                        attempts=250)}
         except Unavailable as exc:
+            if exc.transient:
+                return  # locked for seconds on end: start anyway, the polls will retry
             raise NotAStore(f"{self.location}: cannot be read: {exc}") from None
         missing = REQUIRED_TABLES - tables
         if missing:
@@ -224,13 +229,13 @@ class SqliteReader(EventReader):
         last = 0
         while True:
             rows = self._patient_query(f"SELECT id, run_id, CAST(event_json AS BLOB) FROM run_events WHERE id > ? "
-                                       f"AND id <= ? AND ({where}) ORDER BY id LIMIT ?", (last, mark["upto"], self.batch))
+                                       f"AND id <= ? AND ({where}) ORDER BY id LIMIT ?", (last, mark["upto"], 2 * self.batch))
             if not rows:
                 return
             last = rows[-1][0]
             yield rows
 
-    def adopt(self, mark: Dict[str, Any]) -> None:
+    def adopt(self, mark: Dict[str, Any], last_positions: Optional[Dict[str, int]] = None) -> None:
         self._last_id = mark["upto"]
         self._tokens = dict(mark["tokens"])
         self._probe = self._probe_at_poll = mark["sig"]
