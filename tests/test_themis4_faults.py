@@ -294,3 +294,27 @@ async def test_a_database_replaced_on_disk_is_followed(http_client, base_url, st
     assert all(r["error"] is None for r in runs)
     resp, _ = await get(http_client, base_url, f"/api/runs/{IDS['alpha']}")
     assert resp.code == 200
+
+
+def test_daemon_starts_next_to_a_writer_holding_the_lock(store_root):
+    """Start-up used to refuse a store whose writer was committing ("database is locked")."""
+    import threading
+
+    from test_themis4_replicas import DaemonProcess
+
+    conn = sqlite3.connect(store_root, isolation_level=None, timeout=5, check_same_thread=False)
+    conn.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(1.5, lambda: (conn.execute("COMMIT"), conn.close()))
+    release.start()
+    d = DaemonProcess("--storage", store_root, "--poll-interval", "0.1")
+    try:
+        deadline = time.monotonic() + 60
+        runs = []
+        while time.monotonic() < deadline and len(runs) != 12:
+            status, runs = d.get("/api/runs")
+            time.sleep(0.1)
+        assert len(runs) == 12, d.text()
+        assert d.proc.poll() is None
+    finally:
+        release.join()
+        d.stop()
