@@ -7,12 +7,50 @@ of :class:`themis_daemon.storage.sources.Sources`, never a source's format.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 # `pending` only occurs for Themis 4 runs (a snapshot without events).
 STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
+
+
+_gc_lock = threading.Lock()
+_gc_holders = 0
+
+
+@contextlib.contextmanager
+def bulk_allocation() -> Iterator[None]:
+    """No cyclic garbage collection while a burst of objects is made (decoding thousands of
+    events): with millions of long-lived objects in a big store's state, collections set off by
+    the burst cost more than the work itself (3x on a 10,000-case detail). Nothing made here is
+    cyclic, and collection resumes afterwards."""
+    global _gc_holders
+    with _gc_lock:
+        _gc_holders += 1
+        if _gc_holders == 1:
+            was_enabled = gc.isenabled()
+            gc.disable()
+            _gc_state["enabled"] = was_enabled
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holders -= 1
+            if _gc_holders == 0 and _gc_state.get("enabled"):
+                gc.enable()
+
+
+_gc_state: Dict[str, bool] = {}
+
+
+def settle_long_lived() -> None:
+    """After a first scan: move what was built (the runs' state) out of the collector's view,
+    so later full collections, which pause every thread, do not walk millions of objects."""
+    gc.freeze()
 
 
 class RunNotFound(KeyError):

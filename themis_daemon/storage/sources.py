@@ -13,7 +13,7 @@ import re
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .base import NotAStore, RefreshResult, RunNotFound
+from .base import NotAStore, RefreshResult, RunNotFound, settle_long_lived
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -161,9 +161,12 @@ class Sources:
         start = time.perf_counter()
         total = RefreshResult()
         before = set(self._index)
+        was_scanned = self.scanned
         for source in self.sources:
             total.merge(source.refresh())
         self._rebuild_index()
+        if not was_scanned and self.scanned:
+            settle_long_lived()
         after = set(self._index)
         # Report membership changes of the merged view (a duplicate id is one run).
         total.added = [r for r in dict.fromkeys(total.added) if r in after and r not in before]

@@ -359,35 +359,55 @@ class RunFold:
     def sample(self, case_id: str, events: Dict[int, Any], pending: bool = False,
                dataset: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """One detail sample built from the fold, the fetched events of that case and the
-        run's dataset (`describe_snapshot(...)`: references and inputs, read on demand)."""
-        case = self.cases.get(case_id) or Case()
-        gen = generations(case)
-        gens = [events.get(gen[i]) for i in sorted(gen)]
-        outputs = [_result(g).get("final_output") for g in gens if g is not None]
+        run's dataset (`describe_snapshot(...)`: references and inputs, read on demand).
+        Called for every case of a detail page (10,000 for a big run), so it stays lean."""
+        case = self.cases.get(case_id) or _NO_CASE
+        gen = case.gen
+        if gen is None:
+            results = []
+        elif type(gen) is int:
+            results = [_result(events.get(gen))]
+        else:
+            results = [_result(events.get(gen[i])) for i in sorted(gen)]
+        outputs = [r.get("final_output") for r in results if r]
         prompt = None
-        for g in gens:
-            conv = _result(g).get("conversation")
-            if isinstance(conv, list):
-                prompt = next((m.get("content") for m in conv if isinstance(m, dict) and m.get("role") == "user"), None)
+        for r in results:
+            conv = r.get("conversation")
+            if type(conv) is list:
+                for m in conv:
+                    if type(m) is dict and m.get("role") == "user":
+                        prompt = m.get("content")
+                        break
                 if prompt is not None:
                     break
         if prompt is None:
-            prompt = render_prompt(self.prompt_spec, (dataset or {}).get("inputs", {}).get(case_id))
-        reduced = events.get(case.red_pos) if case.red_pos is not None else None
-        response: Any = _result(reduced).get("final_output") if reduced is not None else (outputs[0] if outputs else None)
-        scores, errs = case.scores or {}, case.score_err or {}
-        errors = {}
-        for m in self.metric_ids:
-            msg = case.row_error(m)
-            if msg is not None and (m in scores or m in errs or case.parse_err is not None or case.parsed in ("null", "invalid")
-                                    or m in (case.eval_fail or _EMPTY) or m in (case.exec_fail or _EMPTY)):
-                errors[m] = msg
+            prompt = render_prompt(self.prompt_spec, (dataset or _EMPTY).get("inputs", _EMPTY).get(case_id))
+        if case.red_pos is not None and case.red_pos in events:
+            response: Any = _result(events[case.red_pos]).get("final_output")
+        else:
+            response = outputs[0] if outputs else None
+        scores = case.scores or _EMPTY
+        good: Dict[str, float] = {}
+        errors: Dict[str, str] = {}
+        if case.has_failure() or case.parsed in ("null", "invalid"):
+            errs = case.score_err or _EMPTY
+            whole_case = case.parse_err is not None or case.parsed in ("null", "invalid")
+            for m in self.metric_ids or list(scores):
+                msg = case.row_error(m)
+                if msg is None:
+                    if m in scores:
+                        good[m] = scores[m]
+                elif (whole_case or m in scores or m in errs or m in (case.eval_fail or _EMPTY)
+                      or m in (case.exec_fail or _EMPTY)):
+                    errors[m] = msg
+        else:
+            good = dict(scores)
         item: Dict[str, Any] = {
             "id": case_id,
-            "prompt": prompt if isinstance(prompt, str) else ("" if prompt is None else _text(prompt)),
-            "response": "" if response is None else _text(response),
-            "reference": (dataset or {}).get("references", {}).get(case_id),
-            "scores": {m: v for m, v in scores.items() if case.row_error(m) is None},
+            "prompt": prompt if type(prompt) is str else ("" if prompt is None else _text(prompt)),
+            "response": response if type(response) is str else ("" if response is None else _text(response)),
+            "reference": (dataset or _EMPTY).get("references", _EMPTY).get(case_id),
+            "scores": good,
             "errors": errors,
         }
         if len(outputs) > 1:
@@ -406,6 +426,9 @@ def generations(case: Case) -> Dict[int, int]:
     if gen is None:
         return {}
     return {0: gen} if isinstance(gen, int) else gen
+
+
+_NO_CASE = Case()  # what a case without any event looks like (never written)
 
 
 def _msg(value: Any) -> str:

@@ -179,9 +179,17 @@ class PostgresReader(EventReader):
         return row[0] if row else None
 
     def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
-        ids = [int(p) for p in positions]
+        ids = sorted({int(p) for p in positions})
         if not ids:
             return {}
+        if len(ids) > 2000:
+            # A whole big run: walk its index range once rather than look up thousands of ids.
+            wanted = set(ids)
+            sql = ("SELECT id, event_json::text FROM run_events WHERE run_id = %s AND id >= %s AND id <= %s"
+                   " AND event_type IN ('generation_completed', 'reduction_completed')")
+            with self._lock:
+                rows = self._run(lambda conn: conn.execute(sql, (run_id, ids[0], ids[-1])).fetchall())
+            return {int(i): data for i, data in rows if int(i) in wanted}
         with self._lock:
             rows = self._run(lambda conn: conn.execute(
                 "SELECT id, event_json::text FROM run_events WHERE run_id = %s AND id = ANY(%s)",

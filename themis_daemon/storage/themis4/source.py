@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..base import RefreshResult, RunNotFound
+from ..base import RefreshResult, RunNotFound, bulk_allocation
 from .fold import RunFold, describe_snapshot, summary_fields
 from .reader import EventReader, Unavailable
 
@@ -186,7 +186,8 @@ def _scan_part(kind: str, location: str, options: Dict[str, Any], mark: Any, par
         touched: Dict[str, V4Run] = {}
         counts = [0, 0]
         for batch in reader.partition_rows(mark, part, parts):
-            unknown, orphans = apply_rows(runs, batch, touched)
+            with bulk_allocation():
+                unknown, orphans = apply_rows(runs, batch, touched)
             counts[0] += unknown
             counts[1] += orphans
         for run in runs.values():
@@ -304,7 +305,8 @@ class Themis4Source:
             for run_id in poll.reset:
                 if run_id in runs and run_id not in poll.snapshots:
                     runs[run_id] = touched[run_id] = runs[run_id].restarted()
-            unknown, orphans = apply_rows(runs, ((r[0], r[1], r[3]) for r in poll.rows), touched)
+            with bulk_allocation():
+                unknown, orphans = apply_rows(runs, ((r[0], r[1], r[3]) for r in poll.rows), touched)
             self.unknown_events += unknown
             self.orphan_events += orphans
             if not poll.more:
@@ -323,7 +325,7 @@ class Themis4Source:
         parts = self.scan_workers
         try:
             ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
-            with ProcessPoolExecutor(parts, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(parts, mp_context=ctx) as pool, bulk_allocation():  # results unpickle here
                 futures = [pool.submit(_scan_part, reader.kind, reader.location, reader.options(), mark, i, parts)
                            for i in range(parts)]
                 results = [f.result() for f in futures]
@@ -400,11 +402,12 @@ class Themis4Source:
         with self._lock:
             raw = self.reader.fetch(run_id, fold.positions_for(page)) if page else {}
         events: Dict[int, Any] = {}
-        for pos, data in raw.items():
-            try:
-                events[pos] = decode(data)
-            except (ValueError, UnicodeDecodeError):
-                continue
+        with bulk_allocation():
+            for pos, data in raw.items():
+                try:
+                    events[pos] = decode(data)
+                except (ValueError, UnicodeDecodeError):
+                    continue
         dataset = self._dataset(run) if page else None
         samples = [fold.sample(cid, events, pending=include_pending and index >= scored, dataset=dataset)
                    for index, cid in enumerate(order[offset:stop], offset)]

@@ -190,7 +190,9 @@ class SqliteReader(EventReader):
                 tokens = {r[1]: r[0] for r in conn.execute("SELECT rowid, run_id FROM run_snapshots")}
                 # min/max of the rowid are two b-tree lookups; count(*) would read the whole
                 # table inside this transaction and hold a writer up for as long.
-                low, upto = conn.execute("SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM run_events").fetchone()
+                # (two statements: SQLite answers a lone min() or max() from the b-tree's ends)
+                low = conn.execute("SELECT coalesce(min(id), 0) FROM run_events").fetchone()[0]
+                upto = conn.execute("SELECT coalesce(max(id), 0) FROM run_events").fetchone()[0]
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
