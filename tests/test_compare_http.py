@@ -88,8 +88,10 @@ async def test_clear_winner_is_significant(http_client, base_url):
     assert row["significant"] and row["winner"] == "fake-direct"
     assert body["overall_best_run"] == "fake-direct"
     assert row["n"] == 20 and row["ci_low"] > 0
-    # a 0/1 metric's interval is Newcombe's, inside [-1, 1] (a t-interval would reach past 1 here)
-    assert row["ci_method"] == "newcombe" and row["ci_high"] <= 1.0
+    # a 0/1 metric's interval is the one matching the exact sign test (issue 13; was Newcombe's),
+    # inside [-1, 1] (a t-interval would reach past 1 here)
+    assert row["ci_method"] == "exact_conditional" and row["ci_matches_test"] is True
+    assert row["ci_high"] <= 1.0
 
 
 @pytest.mark.gen_test

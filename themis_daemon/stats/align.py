@@ -14,6 +14,20 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 
+def stable_mean(values: np.ndarray) -> float:
+    """Mean of finite float64 values that cannot overflow: values whose magnitude is near the top
+    of the float range are scaled by a power of two (exact) before summing. |mean| <= max |value|,
+    so the result is always finite; for ordinary values it is bit-identical to np.mean."""
+    v = np.asarray(values, dtype=np.float64)
+    top = float(np.max(np.abs(v)))
+    if top <= 2.0 ** 1000:
+        m = float(np.mean(v))
+        if math.isfinite(m):
+            return m
+    e = math.frexp(top)[1]
+    return math.ldexp(float(np.mean(np.ldexp(v, -e))), e)
+
+
 def sample_sort_key(key: Hashable) -> Tuple[str, Any]:
     """Total order over mixed str/int sample ids (``1`` and ``"1"`` are distinct ids)."""
     return (type(key).__name__, key)
@@ -46,7 +60,7 @@ class MetricSamples:
         return bool(v.size == 0 or np.all((v == 0.0) | (v == 1.0)))
 
     def mean(self) -> Optional[float]:
-        return float(np.mean(self.values)) if self.values.size else None
+        return stable_mean(self.values) if self.values.size else None
 
 
 def _slow_collapse(items) -> Tuple[List[Hashable], List[float], int]:
@@ -68,7 +82,8 @@ def _slow_collapse(items) -> Tuple[List[Hashable], List[float], int]:
                 dropped += 1
         if good:
             keys.append(key)
-            means.append(sum(good) / len(good))  # sequential, like the bincount path
+            total = sum(good)  # sequential, like the bincount path
+            means.append(total / len(good) if math.isfinite(total) else stable_mean(np.asarray(good)))
     return keys, means, dropped
 
 
@@ -94,6 +109,12 @@ def collapse_metric(per_sample: Mapping[Hashable, Sequence[float]]) -> MetricSam
             keep = cnt > 0
             keys = [k for (k, _), ok in zip(items, keep) if ok]
             vals = tot[keep] / cnt[keep]
+            if not np.all(np.isfinite(vals)):
+                # Repeats near the top of the float range overflowed their sum: average them
+                # scaled by a power of two (exact), then scale back (|mean| <= max |value|).
+                e = math.frexp(float(np.max(np.abs(flat[finite]))))[1]
+                tot = np.bincount(seg[finite], weights=np.ldexp(flat[finite], -e), minlength=len(items))
+                vals = np.ldexp(tot[keep] / cnt[keep], e)
     vals = np.ascontiguousarray(vals, dtype=np.float64)
     keys_t = tuple(keys)
     return MetricSamples(keys_t, vals, dropped, {k: i for i, k in enumerate(keys_t)})
@@ -105,13 +126,15 @@ class Aligned:
     b: np.ndarray
     n_only_a: int
     n_only_b: int
+    keys: Tuple[Hashable, ...] = ()
 
 
 def align(x: MetricSamples, y: MetricSamples) -> Aligned:
     """Intersect by sample id, in sorted-id order, so results do not depend on file order."""
     if x.keys == y.keys:
-        return Aligned(x.values, y.values, 0, 0)
+        return Aligned(x.values, y.values, 0, 0, x.keys)
     common = [i for i, k in enumerate(x.keys) if k in y.index]
     ia = np.asarray(common, dtype=np.intp)
     ib = np.asarray([y.index[x.keys[i]] for i in common], dtype=np.intp)
-    return Aligned(x.values[ia], y.values[ib], len(x.keys) - len(common), len(y.keys) - len(common))
+    return Aligned(x.values[ia], y.values[ib], len(x.keys) - len(common), len(y.keys) - len(common),
+                   tuple(x.keys[i] for i in common))

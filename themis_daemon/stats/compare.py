@@ -17,16 +17,21 @@ from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 from scipy import stats
 
-from .align import MetricSamples, align, collapse_metric
+from .align import MetricSamples, align, collapse_metric, stable_mean
 from .correction import CORRECTION_LABELS, CORRECTIONS, reject
 from .paired_tests import (
     TestResult,
     clean_differences,
     effect_sizes,
+    estimate_work,
+    is_zero_variance,
     needs_index_bootstrap,
     resolve_auto,
     run_test,
+    scale_exponent,
+    scaled,
     shared_index_bootstrap,
+    zero_tolerance,
 )
 
 TESTS = ("t_test", "bootstrap", "permutation", "none", "wilcoxon", "mcnemar", "auto")
@@ -121,6 +126,31 @@ def _select_metrics(run_ids: List[str], scores: List[Scores], metrics: Optional[
     return chosen
 
 
+def _unscaler(e: int, metric: str, run_a: str, run_b: str, row: dict):
+    """x * 2**e for a row rescaled by 2**-e; a result beyond the float64 range is a client error
+    (400 naming the metric, the runs and the sample with the largest difference), never an
+    Infinity/null in the answer."""
+    def unscale(x: float) -> float:
+        try:
+            out = math.ldexp(float(x), e)
+        except OverflowError:
+            out = math.inf
+        if math.isfinite(out):
+            return out
+        a, b = row["al"].a, row["al"].b
+        with np.errstate(over="ignore", invalid="ignore"):
+            k = int(np.argmax(np.abs(row["a"] - row["b"])))
+        key = row["al"].keys[k] if len(row["al"].keys) > k else k
+        raise CompareError(
+            400,
+            f"Scores of metric '{metric}' are too large to compare runs '{run_a}' and '{run_b}': the mean "
+            f"difference or its confidence interval is beyond the float64 range (largest difference at sample "
+            f"{key!r}: {float(a[k])!r} vs {float(b[k])!r}); rescale the metric",
+            {"metric": metric, "run_a": run_a, "run_b": run_b, "sample_id": key},
+        )
+    return unscale
+
+
 def _winner(significant: bool, direction: int, delta: float, run_a: str, run_b: str, lower: bool) -> str:
     if not significant or delta == 0 or direction != (1 if delta > 0 else -1):
         return "tie"
@@ -146,7 +176,7 @@ def _best_and_ranks(run_ids, prepared, metric, lower):
         means = []
         for p in preps:
             idx = np.fromiter((i for i, k in enumerate(p.keys) if k in common), dtype=np.intp)
-            means.append(float(np.mean(p.values[idx])))
+            means.append(stable_mean(p.values[idx]))
     else:
         basis = "all_samples"
         means = [p.mean() for p in preps]
@@ -205,7 +235,8 @@ def compare_runs(
                 raise CompareError(400, f"mcnemar requires 0/1 scores, but metric '{m}' has other values "
                                         f"(e.g. in run '{bad}')", {"metric": m, "run_id": bad})
 
-    # Phase 1: align every row and check limits before doing any heavy work.
+    # Phase 1: align every row, rescale it if its magnitude is extreme, and check limits before
+    # doing any heavy work.
     pairs = [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))]
     rows: List[dict] = []
     for m in metric_list:
@@ -222,37 +253,45 @@ def compare_runs(
                      "n_samples_a": len(pa.keys), "n_samples_b": len(pb.keys)},
                 )
             used = resolve_auto(binary[m], n) if test == "auto" else test
-            if max_work is not None and used in RESAMPLING_TESTS and n >= 2 and n * n_resamples > max_work:
+            e = scale_exponent(al.a, al.b)
+            a_s, b_s = scaled(al.a, e), scaled(al.b, e)
+            d = clean_differences(a_s, b_s)
+            tol = zero_tolerance(a_s, b_s)
+            work = estimate_work(used, d, binary[m], n_resamples, tol, max_work)
+            if max_work is not None and work > max_work:
+                resampling = used in RESAMPLING_TESTS and work == n * n_resamples
+                what = (f"{n} aligned samples x {n_resamples} resamples = {work}" if resampling
+                        else f"{n} aligned samples; {used} needs {work} operations")
                 raise CompareError(
                     400,
-                    f"Comparison too large: metric '{m}', runs '{run_ids[i]}' vs '{run_ids[j]}' have {n} aligned "
-                    f"samples x {n_resamples} resamples = {n * n_resamples} > max_work {max_work}; "
-                    f"lower n_resamples or use t_test/wilcoxon/mcnemar",
-                    {"metric": m, "n": n, "n_resamples": n_resamples, "max_work": max_work},
+                    f"Comparison too large: metric '{m}', runs '{run_ids[i]}' vs '{run_ids[j]}' have {what} "
+                    f"> max_work {max_work}; lower n_resamples or use t_test/wilcoxon/mcnemar",
+                    {"metric": m, "n": n, "n_resamples": n_resamples, "work": work, "max_work": max_work},
                 )
-            rows.append({"metric": m, "i": i, "j": j, "al": al, "test": used, "n": n,
+            rows.append({"metric": m, "i": i, "j": j, "al": al, "test": used, "n": n, "e": e,
+                         "a": a_s, "b": b_s, "d": d, "tol": tol,
                          "dropped": pa.n_dropped_nonfinite + pb.n_dropped_nonfinite})
 
     # Phase 2: bootstrap index streams shared per (metric, n) for continuous rows.
     groups: Dict[Tuple[str, int], List[dict]] = {}
     for r in rows:
-        r["d"] = clean_differences(r["al"].a, r["al"].b)
-        if r["test"] == "bootstrap" and r["n"] >= 2 and needs_index_bootstrap(r["d"]):
+        if (r["test"] == "bootstrap" and r["n"] >= 2 and not is_zero_variance(r["d"], r["tol"])
+                and needs_index_bootstrap(r["d"])):
             groups.setdefault((r["metric"], r["n"]), []).append(r)
     for (m, n), grp in groups.items():
-        boots = shared_index_bootstrap([r["d"] for r in grp], n_resamples,
-                                       _stream(seed, "bootstrap-indices", m, n, n_resamples))
-        for r, bt in zip(grp, boots):
-            r["boot"] = bt
+        moments = shared_index_bootstrap([r["d"] for r in grp], n_resamples,
+                                         _stream(seed, "bootstrap-indices", m, n, n_resamples))
+        for r, mo in zip(grp, moments):
+            r["moments"] = mo
 
     # Phase 3: tests, per row, each with its own stream.
     results: List[TestResult] = []
     for r in rows:
         ra, rb = run_ids[r["i"]], run_ids[r["j"]]
         results.append(run_test(
-            r["test"], r["al"].a, r["al"].b, alpha=alpha, n_resamples=n_resamples,
+            r["test"], r["a"], r["b"], alpha=alpha, n_resamples=n_resamples,
             rng_factory=_factory(seed, r["metric"], ra, rb, r["test"], n_resamples),
-            binary=binary[r["metric"]], d=r["d"], boot=r.get("boot"),
+            binary=binary[r["metric"]], d=r["d"], moments=r.get("moments"), tol=r["tol"], max_work=max_work,
         ))
 
     # Phase 4: one correction over every row that has a p-value (whole table, like upstream).
@@ -264,11 +303,14 @@ def compare_runs(
     wl = {m: {rid: [0, 0, 0] for rid in run_ids} for m in metric_list}
     for k, (r, res) in enumerate(zip(rows, results)):
         m, ra, rb = r["metric"], run_ids[r["i"]], run_ids[r["j"]]
-        mean_a, mean_b = float(np.mean(r["al"].a)), float(np.mean(r["al"].b))
-        delta = mean_a - mean_b
+        e = r["e"]
+        ma, mb = stable_mean(r["a"]), stable_mean(r["b"])
+        unscale = _unscaler(e, m, ra, rb, r)
+        mean_a, mean_b = unscale(ma), unscale(mb)
+        delta = unscale(ma - mb)
         cp, cs = corrected.get(k, (None, None))
         significant = bool(cs)
-        winner = _winner(significant, res.direction, delta, ra, rb, m in lower)
+        winner = _winner(significant, res.direction, ma - mb, ra, rb, m in lower)
         if winner == "tie":
             wl[m][ra][2] += 1
             wl[m][rb][2] += 1
@@ -276,6 +318,11 @@ def compare_runs(
             loser = rb if winner == ra else ra
             wl[m][winner][0] += 1
             wl[m][loser][1] += 1
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            delta_percent = ((ma - mb) / abs(mb) * 100.0) if mb != 0 else None
+        statistic = res.statistic
+        if statistic is not None and res.statistic_name == "mean_difference":
+            statistic = unscale(statistic)
         row = {
             "metric": m,
             "run_a": ra,
@@ -283,7 +330,7 @@ def compare_runs(
             "run_a_mean": mean_a,
             "run_b_mean": mean_b,
             "delta": delta,
-            "delta_percent": (delta / abs(mean_b) * 100.0) if mean_b != 0 else None,
+            "delta_percent": delta_percent,
             "winner": winner,
             "significant": significant,
             "p_value": res.p_value,
@@ -291,20 +338,21 @@ def compare_runs(
             "corrected_p_value": cp,
             "test": res.test,
             "p_value_method": res.p_value_method,
-            "statistic": res.statistic,
+            "statistic": statistic,
             "statistic_name": res.statistic_name,
             "mc_stderr": res.mc_stderr,
-            "ci_low": res.ci_low,
-            "ci_high": res.ci_high,
+            "ci_low": unscale(res.ci_low) if res.ci_low is not None else None,
+            "ci_high": unscale(res.ci_high) if res.ci_high is not None else None,
             "ci_method": res.ci_method,
             "ci_level": 1.0 - alpha if res.ci_method else None,
+            "ci_matches_test": res.ci_matches_test,
             "n": r["n"],
             "n_only_a": r["al"].n_only_a,
             "n_only_b": r["al"].n_only_b,
             "n_dropped_nonfinite": r["dropped"],
             "lower_is_better": m in lower,
         }
-        row.update(effect_sizes(r["al"].a, r["al"].b, r["d"], binary[m]))
+        row.update(effect_sizes(r["a"], r["b"], r["d"], binary[m], r["tol"]))
         row["note"] = res.note
         pairwise.append(row)
 
