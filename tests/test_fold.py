@@ -215,3 +215,12 @@ def test_run_id_prefixes_resolve_uniquely_or_say_how_many_match():
             pass
         else:
             raise AssertionError(f"{ref} resolved")
+
+
+def test_huge_scores_give_a_mean_not_an_overflow():
+    fold, feed = fresh(cases=3)
+    feed("run_started")
+    for i in range(3):
+        feed.case(f"c{i}", scores={"builtin/exact_match": 1.0, "builtin/f1": 1.5e308})
+    means = fold.metric_means()
+    assert means["builtin/f1"] == 1.5e308 and means["builtin/exact_match"] == 1.0

@@ -309,3 +309,22 @@ def test_quiet_finished_runs_are_cheap_but_changes_are_seen(plain_store, monkeyp
             seen = True
             break
     assert seen and store.summary("fake-direct")["generated"] == 21
+
+
+def test_huge_scores_do_not_break_summaries(tmp_path, monkeypatch):
+    """Scores near 1e308 made fsum overflow while summaries were built: every listing failed."""
+    from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset
+
+    root = str(tmp_path / "store")
+    monkeypatch.setattr(ThemisRunWriter, "_score", lambda self, name, extracted, ref: (1.6e308, {}))
+    writer = ThemisRunWriter(root, "huge", dataset=make_arith_dataset(6), eval_batch=3, compression="none")
+    writer.start()
+    writer.step(6)
+    writer.evaluate_pending()
+    store = Store(root)
+    store.refresh()
+    summary = store.summary("huge")
+    assert summary["error"] is None and summary["num_samples"] == 6
+    assert all(value == 1.6e308 for value in summary["metrics"].values())
+    detail = store.detail("huge")
+    assert all(v == 1.6e308 for s in detail["samples"] for v in s["scores"].values())

@@ -318,3 +318,29 @@ def test_daemon_starts_next_to_a_writer_holding_the_lock(store_root):
     finally:
         release.join()
         d.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_run_of_huge_scores_breaks_nothing_else(http_client, base_url, store_root):
+    from themis_daemon.demo.themis4 import SqliteSink, Themis4Writer, make_arith_cases
+
+    with Themis4Writer(SqliteSink(store_root)) as w:
+        run = w.new_run(model="overflowing", dataset_id="arith-huge", cases=make_arith_cases(4))
+        run.start()
+        for case_id in run.case_ids:
+            run.case(case_id, scores={"builtin/exact_match": 1.0, "builtin/f1": 1.7e308})
+        run.complete()
+
+    async def listed():
+        resp, runs = await get(http_client, base_url, "/api/runs")
+        assert resp.code == 200
+        return runs if len(runs) == 13 else None
+
+    runs = await until(listed)
+    huge = next(r for r in runs if r["run_id"] == run.run_id)
+    assert huge["metrics"]["builtin/f1"] == 1.7e308 and huge["error"] is None
+    resp, _ = await get(http_client, base_url, "/readyz")
+    assert resp.code == 200
+    resp, result = await get(http_client, base_url, "/api/compare", method="POST",
+                             body=json.dumps({"run_ids": [IDS["alpha"], IDS["beta"]]}))
+    assert resp.code == 200 and result["pairwise_results"]

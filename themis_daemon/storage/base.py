@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
@@ -51,6 +52,25 @@ def settle_long_lived() -> None:
     """After a first scan: move what was built (the runs' state) out of the collector's view,
     so later full collections, which pause every thread, do not walk millions of objects."""
     gc.freeze()
+
+
+def stable_mean(values: List[float]) -> float:
+    """The mean of finite values even where their sum overflows (scores near 1e308): the sum is
+    taken at a scale given by the largest magnitude. Non-finite inputs propagate as in sum()."""
+    try:
+        return math.fsum(values) / len(values)
+    except OverflowError:
+        pass
+    except ValueError:  # fsum of inf and -inf
+        return math.nan
+    exponent = math.frexp(max(abs(v) for v in values))[1]
+    return math.ldexp(math.fsum(math.ldexp(v, -exponent) for v in values) / len(values), exponent)
+
+
+def finite_mean(values: List[float]) -> Optional[float]:
+    """Mean of the finite values, None if there are none (what summaries show per metric)."""
+    vals = [v for v in values if math.isfinite(v)]
+    return stable_mean(vals) if vals else None
 
 
 class RunNotFound(KeyError):

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..base import FINAL_STATUSES
+from ..base import FINAL_STATUSES, finite_mean, stable_mean
 from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, is_header, read_units
 
 log = logging.getLogger("themis_daemon.storage")
@@ -99,9 +99,7 @@ class View:
     pending: List[Sample] = field(default_factory=list)  # generated, not evaluated yet
 
 
-def _finite_mean(values: List[float]) -> Optional[float]:
-    vals = [v for v in values if math.isfinite(v)]
-    return math.fsum(vals) / len(vals) if vals else None
+_finite_mean = finite_mean  # scale-safe: one run's huge scores must not break every listing
 
 
 class RunState:
@@ -448,7 +446,7 @@ class RunState:
                 mean = _finite_mean(values)
                 if mean is not None:
                     sums.setdefault(name, []).append(mean)
-        metrics = {name: math.fsum(v) / len(v) for name, v in sums.items()}
+        metrics = {name: stable_mean(v) for name, v in sums.items()}
         return self._summary_dict(len(samples), metrics)
 
     def _build_view(self) -> View:
@@ -456,7 +454,7 @@ class RunState:
         scores: Dict[str, Dict[Any, List[float]]] = {}
         per_sample: List[Dict[str, float]] = []
         for smp in samples:
-            per_sample.append({n: sum(v) / len(v) for n, v in smp.scores.items()})
+            per_sample.append({n: stable_mean(v) for n, v in smp.scores.items()})
             for name, values in smp.scores.items():
                 scores.setdefault(name, {}).setdefault(smp.id, []).extend(values)
         linked = {rec[0] for table in self.evals.values() for rec in table.values()}

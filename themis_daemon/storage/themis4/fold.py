@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
+from ..base import stable_mean
+
 _EMPTY: Dict[Any, Any] = {}  # shared, never written
 
 RUNNING, COMPLETED, PARTIAL, FAILED, PENDING = "running", "completed", "partial_failure", "failed", "pending"
@@ -316,7 +318,7 @@ class RunFold:
         for metric, values in sums.items():
             finite = [v for v in values if math.isfinite(v)]
             if finite:
-                out[metric] = math.fsum(finite) / len(finite)
+                out[metric] = stable_mean(finite)
         return out
 
     def paired_scores(self) -> Dict[str, Dict[str, List[float]]]:
