@@ -7,7 +7,7 @@ import { metricStats } from "../stats.js";
 import { store } from "../store.js";
 
 const TESTS = [
-  ["bootstrap", "bootstrap (paired, BCa CI)"],
+  ["bootstrap", "bootstrap (paired, studentized)"],
   ["permutation", "permutation (paired sign-flip)"],
   ["t_test", "paired t-test"],
   ["wilcoxon", "Wilcoxon signed-rank"],
