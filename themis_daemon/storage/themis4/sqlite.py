@@ -228,14 +228,18 @@ class SqliteReader(EventReader):
         others = "" if part else " OR lower(substr(run_id, 1, 1)) NOT IN (%s)" % ",".join(
             "'%s'" % d for d in "0123456789abcdef")
         where = "lower(substr(run_id, 1, 1)) IN (%s)%s" % (",".join("'%s'" % d for d in digits), others)
-        last = 0
-        while True:
+        # Each statement covers a bounded id range rather than a number of matching rows: the
+        # other partition's runs would otherwise make one statement read a long stretch of the
+        # table while a writer waits for the lock.
+        step = self.batch
+        last, upto = 0, mark["upto"]
+        while last < upto:
+            high = min(upto, last + step)
             rows = self._patient_query(f"SELECT id, run_id, CAST(event_json AS BLOB) FROM run_events WHERE id > ? "
-                                       f"AND id <= ? AND ({where}) ORDER BY id LIMIT ?", (last, mark["upto"], 2 * self.batch))
-            if not rows:
-                return
-            last = rows[-1][0]
-            yield rows
+                                       f"AND id <= ? AND ({where}) ORDER BY id", (last, high))
+            last = high
+            if rows:
+                yield rows
 
     def adopt(self, mark: Dict[str, Any], last_positions: Optional[Dict[str, int]] = None) -> None:
         self._last_id = mark["upto"]
