@@ -344,3 +344,24 @@ async def test_a_run_of_huge_scores_breaks_nothing_else(http_client, base_url, s
     resp, result = await get(http_client, base_url, "/api/compare", method="POST",
                              body=json.dumps({"run_ids": [IDS["alpha"], IDS["beta"]]}))
     assert resp.code == 200 and result["pairwise_results"]
+
+
+def test_details_fall_back_to_python_decoding_for_bare_nan(store_root):
+    """SQLite's JSON functions refuse the bare NaN Themis may store; details still work."""
+    from themis_daemon.storage import open_sources
+
+    with writer(store_root) as conn:
+        row = conn.execute("SELECT id, event_json FROM run_events WHERE run_id = ? AND "
+                           "event_type = 'generation_completed' ORDER BY id LIMIT 1", (IDS["alpha"],)).fetchone()
+        event = json.loads(row[1])
+        event["result"]["latency_ms"] = float("nan")
+        conn.execute("UPDATE run_events SET event_json = ? WHERE id = ?", (json.dumps(event, sort_keys=True), row[0]))
+    sources = open_sources([store_root])
+    sources.refresh()
+    reader = sources.sources[0].reader
+    run = sources.sources[0].get(IDS["alpha"])
+    assert reader.fetch_outputs(IDS["alpha"], run.fold.positions_for(run.fold.sample_order())) is None
+    detail = sources.detail(IDS["alpha"])
+    first = next(s for s in detail["samples"] if s["id"] == event["case_id"])
+    assert first["response"] == event["result"]["final_output"] and first["prompt"].startswith("Instructions:")
+    sources.close()

@@ -178,6 +178,23 @@ class PostgresReader(EventReader):
                 "SELECT snapshot_json::text FROM run_snapshots WHERE run_id = %s", (run_id,)).fetchone())
         return row[0] if row else None
 
+    def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
+        ids = sorted({int(p) for p in positions})
+        if not ids:
+            return {}
+        cols = ("id, (event_json -> 'result' -> 'final_output')::text,"
+                " (event_json -> 'result' -> 'conversation')::text FROM run_events WHERE run_id = %s")
+        if len(ids) > 2000:
+            wanted = set(ids)
+            sql = (f"SELECT {cols} AND id >= %s AND id <= %s"
+                   " AND event_type IN ('generation_completed', 'reduction_completed')")
+            with self._lock:
+                rows = self._run(lambda conn: conn.execute(sql, (run_id, ids[0], ids[-1])).fetchall())
+            return {int(i): (o, c) for i, o, c in rows if int(i) in wanted}
+        with self._lock:
+            rows = self._run(lambda conn: conn.execute(f"SELECT {cols} AND id = ANY(%s)", (run_id, ids)).fetchall())
+        return {int(i): (o, c) for i, o, c in rows}
+
     def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
         ids = sorted({int(p) for p in positions})
         if not ids:

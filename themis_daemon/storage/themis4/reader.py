@@ -66,6 +66,12 @@ class EventReader:
         """Raw `event_json` of some events of a run, by position (for run details)."""
         raise NotImplementedError
 
+    def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
+        """Like `fetch`, but only what a detail shows of each event, as `(final_output,
+        conversation)` JSON texts extracted by the database (far less to move and decode for
+        a big run); None where the backend cannot, and the caller uses `fetch`."""
+        return None
+
     def snapshot(self, run_id: str) -> Any:
         """The raw snapshot JSON of one run (None if it is gone): details read the dataset's
         references and inputs from it instead of keeping them for every run."""

@@ -50,6 +50,15 @@ def decode(data: Any) -> Any:
         return json.loads(data)
 
 
+def _json_or_none(text: Any) -> Any:
+    if text is None:
+        return None
+    try:
+        return decode(text)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def _epoch(stamp: Optional[str]) -> Optional[float]:
     if not stamp:
         return None
@@ -399,15 +408,23 @@ class Themis4Source:
         scored = len(fold.sample_order(False)) if include_pending else len(order)
         stop = None if limit is None else offset + limit
         page = order[offset:stop]
+        positions = fold.positions_for(page) if page else []
         with self._lock:
-            raw = self.reader.fetch(run_id, fold.positions_for(page)) if page else {}
+            extracted = self.reader.fetch_outputs(run_id, positions) if positions else {}
         events: Dict[int, Any] = {}
         with bulk_allocation():
-            for pos, data in raw.items():
-                try:
-                    events[pos] = decode(data)
-                except (ValueError, UnicodeDecodeError):
-                    continue
+            if extracted is not None:
+                for pos, (output, conversation) in extracted.items():
+                    events[pos] = {"result": {"final_output": _json_or_none(output),
+                                              "conversation": _json_or_none(conversation)}}
+            else:
+                with self._lock:
+                    raw = self.reader.fetch(run_id, positions)
+                for pos, data in raw.items():
+                    try:
+                        events[pos] = decode(data)
+                    except (ValueError, UnicodeDecodeError):
+                        continue
         dataset = self._dataset(run) if page else None
         samples = [fold.sample(cid, events, pending=include_pending and index >= scored, dataset=dataset)
                    for index, cid in enumerate(order[offset:stop], offset)]

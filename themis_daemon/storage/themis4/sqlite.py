@@ -266,6 +266,24 @@ class SqliteReader(EventReader):
         rows = self._query("SELECT CAST(snapshot_json AS BLOB) FROM run_snapshots WHERE run_id = ?", (run_id,))
         return rows[0][0] if rows else None
 
+    def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
+        out: Dict[int, Any] = {}
+        wanted = sorted(set(positions))
+        try:
+            for start in range(0, len(wanted), 500):
+                part = wanted[start:start + 500]
+                marks = ",".join("?" * len(part))
+                for pos, rid, output, conversation in self._query(
+                        f"SELECT id, run_id, event_json -> '$.result.final_output', event_json -> '$.result.conversation'"
+                        f" FROM run_events WHERE id IN ({marks})", tuple(part)):
+                    if rid == run_id:
+                        out[pos] = (output, conversation)
+        except Unavailable as exc:
+            if "malformed JSON" in str(exc) or "syntax error" in str(exc):
+                return None  # a bare NaN somewhere, or an SQLite without `->`: decode in Python
+            raise
+        return out
+
     def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
         out: Dict[int, Any] = {}
         wanted = sorted(set(positions))
