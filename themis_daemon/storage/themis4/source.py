@@ -188,6 +188,10 @@ def _scan_part(kind: str, location: str, options: Dict[str, Any], mark: Any, par
     Returns the folded runs; decoding and folding is most of a cold start, so it uses every core."""
     from .readers import make_reader
 
+    if kind == "sqlite":
+        # Scan workers retry a locked statement themselves (briefly, in a loop): waiting inside
+        # SQLite for a committing writer only lengthens each statement.
+        options = dict(options, busy_timeout=0.005)
     reader = make_reader(kind, location, **options)
     try:
         runs = {run_id: V4Run.from_snapshot(run_id, raw, token)

@@ -38,9 +38,10 @@ class SqliteReader(EventReader):
     kind = "sqlite"
     global_positions = True
 
-    def __init__(self, path: str, **kwargs: Any):
+    def __init__(self, path: str, busy_timeout: float = BUSY_TIMEOUT_S, **kwargs: Any):
         kwargs.setdefault("batch", SQLITE_BATCH)
         super().__init__(os.path.abspath(path), **kwargs)
+        self.busy_timeout = busy_timeout
         self._conn: Optional[sqlite3.Connection] = None
         self._last_id = 0
         self._tokens: Dict[str, int] = {}       # run_id -> rowid of its snapshot row
@@ -54,7 +55,7 @@ class SqliteReader(EventReader):
         if self._conn is None:
             uri = "file:%s?mode=ro" % quote(self.location)
             try:
-                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None,
                                        check_same_thread=False)
             except sqlite3.Error as exc:
                 raise Unavailable(self._explain(exc)) from None
@@ -220,7 +221,7 @@ class SqliteReader(EventReader):
             except Unavailable as exc:
                 if not exc.transient or attempt == attempts - 1:
                     raise
-                time.sleep(0.02)
+                time.sleep(0.01)
         raise AssertionError("unreachable")
 
     def partition_rows(self, mark: Dict[str, Any], part: int, parts: int):
