@@ -1,6 +1,6 @@
 import sys
 
-from .cli import main
+if __name__ == "__main__":  # scan worker processes re-import this module as __mp_main__: keep it light
+    from .cli import main
 
-if __name__ == "__main__":  # worker processes of the parallel scan re-import this module
     sys.exit(main())
