@@ -178,3 +178,12 @@ async def test_unknown_methods_meet_the_key_check_first_and_stay_one_label(http_
     text = resp.body.decode()
     labels = set(re.findall(r'themis_http_requests_total\{[^}]*method="([^"]+)"', text))
     assert labels <= {"GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS", "other"}, labels
+
+
+@pytest.mark.gen_test
+async def test_odd_paths_get_json_problems_not_500s(http_client, base_url):
+    for path, code in (("/static/%00x", 404), ("/dashboard/%00", 404), ("/ws", 400)):
+        resp, body = await fetch(http_client, base_url + path, headers={"X-API-Key": KEYS[0]})
+        assert resp.code == code, (path, resp.code)
+        assert resp.headers["Content-Type"].startswith("application/problem+json"), path
+        assert body["status"] == code

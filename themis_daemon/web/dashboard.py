@@ -54,7 +54,10 @@ class StaticHandler(tornado.web.StaticFileHandler):
     write_error = BaseHandler.write_error
 
     async def get(self, path: str, include_body: bool = True) -> None:
-        # A path outside the static folder (or not a file) is simply not found, as for the API.
+        # A path outside the static folder (or not a file) is simply not found, as for the API;
+        # so is one no file system can hold (a NUL byte), rather than a 500.
+        if "\x00" in path:
+            raise ApiError(404, "Not found: the path contains a NUL byte")
         try:
             await super().get(path, include_body)
         except tornado.web.HTTPError as exc:

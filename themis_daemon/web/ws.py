@@ -182,6 +182,12 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             raise ApiError(503, "Too many WebSocket connections")
 
     write_error = BaseHandler.write_error
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        # A plain GET (no upgrade) gets a JSON problem like every other route, not Tornado's text.
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise ApiError(400, 'GET /ws needs a WebSocket upgrade ("Upgrade: websocket")')
+        await super().get(*args, **kwargs)
     set_default_headers = lambda self: None  # noqa: E731 - the upgrade response sets its own
 
     def check_origin(self, origin: str) -> bool:
