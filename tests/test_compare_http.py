@@ -14,8 +14,17 @@ from conftest import PLAIN_EXPECTED, load_expected
 
 INDEX = load_expected(PLAIN_EXPECTED, "index.json")
 POSTS = [c for c in INDEX["captures"] if c["method"] == "POST"]
+def _repeats(file):
+    ids = load_expected(PLAIN_EXPECTED, file)["request"]["json"].get("run_ids") or []
+    return len(set(ids)) != len(ids)
+
+
+# The original compared a run with itself when its id was repeated; the daemon refuses repeated
+# ids (the contract says distinct ids): that case is checked separately below.
 DETERMINISTIC_OK = [c["file"] for c in POSTS if c["status_code"] == 200 and c["deterministic"]
-                    and load_expected(PLAIN_EXPECTED, c["file"])["request"]["json"].get("statistical_test") in ("t_test", "none")]
+                    and load_expected(PLAIN_EXPECTED, c["file"])["request"]["json"].get("statistical_test") in ("t_test", "none")
+                    and not _repeats(c["file"])]
+REPEATED_IDS = [c["file"] for c in POSTS if c["status_code"] == 200 and _repeats(c["file"])]
 
 
 async def post(http_client, base_url, body, raw=None):
@@ -203,3 +212,25 @@ async def test_health_answers_while_a_comparison_runs(http_client, base_url):
     assert health.code == 200
     resp, body = await compare
     assert resp.code == 200 and len(body["pairwise_results"]) == 30
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("name", REPEATED_IDS)
+async def test_upstream_repeated_run_ids_are_now_refused(http_client, base_url, name):
+    resp, body = await post(http_client, base_url, load_expected(PLAIN_EXPECTED, name)["request"]["json"])
+    assert resp.code == 400 and "repeated" in body["detail"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_repeated_run_ids_and_too_many_runs_are_refused(http_client, base_url, daemon):
+    listing = json.loads((await http_client.fetch(base_url + "/api/runs")).body)
+    ids = [s["run_id"] for s in listing if s["num_samples"]][:2]
+    assert len(ids) == 2
+    body = json.dumps({"run_ids": ids * 50})  # what once ran 84 s and answered 40 MB
+    resp = await http_client.fetch(base_url + "/api/compare", method="POST", body=body, raise_error=False)
+    assert resp.code == 400 and "repeated" in json.loads(resp.body)["detail"]
+    daemon.settings.compare.max_runs = 2
+    three = [s["run_id"] for s in listing][:3]
+    resp = await http_client.fetch(base_url + "/api/compare", method="POST",
+                                   body=json.dumps({"run_ids": three}), raise_error=False)
+    assert resp.code == 400 and "compare.max_runs" in json.loads(resp.body)["detail"]

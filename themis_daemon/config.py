@@ -104,6 +104,7 @@ class CompareSettings:
     seed: int = 20240101
     n_resamples: int = 10_000
     max_work: int = 2_000_000_000
+    max_runs: int = 20
     lower_is_better: List[str] = field(default_factory=lambda: ["ResponseLength"])
 
 

@@ -30,6 +30,12 @@ class CompareHandler(BaseHandler):
                     raise ApiError(404, f"Run not found: {run_id}")
             if len(run_ids) < 2:
                 raise ApiError(400, "Need at least 2 runs to compare")
+            repeated = sorted({r for r in run_ids if run_ids.count(r) > 1})
+            if repeated:
+                raise ApiError(400, f"Each run can be compared once; repeated: {', '.join(repeated[:5])}")
+            limit = self.config.compare.max_runs
+            if len(run_ids) > limit:
+                raise ApiError(400, f"At most {limit} runs per comparison (compare.max_runs); got {len(run_ids)}")
         test = body.get("statistical_test", self.config.compare.default_test)
         if isinstance(test, str) and test not in TESTS:
             raise ApiError(400, f"Invalid statistical test: {test}")
