@@ -19,6 +19,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from typing import Any, Dict, List, Optional
 
 import tornado.httpserver
@@ -217,10 +218,33 @@ def _run_worker(settings: Settings, sockets: List[socket.socket], *, reload: boo
         for thread in demo_writers:
             thread.start()
     try:
-        return asyncio.run(_serve(settings, sockets, reload=reload, demo_dir=demo_dir, overrides=overrides))
+        code = asyncio.run(_serve(settings, sockets, reload=reload, demo_dir=demo_dir, overrides=overrides))
     finally:
         for thread in demo_writers:
             thread.stop()
+    _abandon_running_work(code)
+    return code
+
+
+def _abandon_running_work(code: int) -> None:
+    """Exit now if work threads (a long comparison, a big detail) outlived the drain.
+
+    Their clients are gone with the drain, and threads cannot be interrupted: waiting for them
+    (as the interpreter's exit would) made a stop take as long as the longest job, beyond
+    `drain_timeout` and the unit's TimeoutStopSec."""
+    deadline = time.monotonic() + 0.5  # idle pool threads are just finishing: let them
+    busy = [t for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.name.startswith(("themis-work", "themis-storage"))]
+    for thread in busy:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    busy = [t for t in busy if t.is_alive()]
+    if not busy:
+        return
+    log.warning("exiting with %d job(s) still running after the drain; their answers were cut off", len(busy))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bool,
