@@ -326,6 +326,43 @@ def test_unknown_run_shows_a_readable_error(open_page):
     p = open_page()
     page = p.goto("/dashboard/#/runs/no-such-run")
     expect(page.locator(".error")).to_contain_text("Run not found: no-such-run")
+    assert page.locator(".error").inner_text().count("Run not found") == 1
+    p.check_clean(allowed_errors=("404",))
+
+
+def test_detail_opened_early_picks_the_run_up_and_follows_it_at_every_poll(open_page, store):
+    """A page opened before its run existed stayed on "not found"; and a detail page froze for
+    as long as events kept coming faster than its debounce (every poll, at 0.2 s here)."""
+    import threading
+
+    p = open_page()
+    page = p.goto("/dashboard/#/runs/early-x")
+    expect(page.locator(".error")).to_contain_text("early-x")
+    writer = ThemisRunWriter(store, "early-x", dataset=make_arith_dataset(60), eval_batch=5, compression="none")
+    writer.start()
+    expect(page.locator("h1.run-title")).to_have_text("early-x")
+    stop = threading.Event()
+
+    def keep_writing():  # a record every 0.15 s: never quiet for a whole poll interval
+        for _ in range(50):
+            if stop.is_set():
+                return
+            writer.step(1)
+            time.sleep(0.15)
+
+    feeder = threading.Thread(target=keep_writing, daemon=True)
+    feeder.start()
+    rows = page.locator("#samples-table tbody tr")
+    try:
+        counts = []
+        for _ in range(3):  # the table grows while the writer is still writing
+            before = rows.count()
+            wait_for(lambda: rows.count() > before and feeder.is_alive(), timeout=30, what="a live update")
+            counts.append(rows.count())
+        assert counts == sorted(counts)
+    finally:
+        stop.set()
+        feeder.join(30)
     p.check_clean(allowed_errors=("404",))
 
 

@@ -184,6 +184,23 @@ export function errorBox(err, title) {
   return box;
 }
 
+// At most one call per `ms`, and always one after the last request: unlike a debounce, a
+// steady stream of requests (a live run's events every poll) cannot postpone it for ever.
+export function throttle(fn, ms) {
+  let last = 0;
+  let timer = null;
+  return (...args) => {
+    if (timer) return;
+    const wait = last + ms - Date.now();
+    if (wait <= 0) {
+      last = Date.now();
+      fn(...args);
+      return;
+    }
+    timer = setTimeout(() => { timer = null; last = Date.now(); fn(...args); }, wait);
+  };
+}
+
 export function debounce(fn, ms) {
   let timer = null;
   return (...args) => {

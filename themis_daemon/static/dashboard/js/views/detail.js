@@ -2,7 +2,7 @@
 
 import { api, runPath } from "../api.js";
 import {
-  clear, copyButton, debounce, errorBox, fmtNum, fmtTime, formatBadge, h, isLongId, progressBar, shortId, statusLine, valueText,
+  clear, copyButton, debounce, throttle, errorBox, fmtNum, fmtTime, formatBadge, h, isLongId, progressBar, shortId, statusLine, valueText,
 } from "../dom.js";
 import { metricStats } from "../stats.js";
 import { store } from "../store.js";
@@ -36,7 +36,8 @@ export function mountDetail(root, runId) {
       renderMetrics();
       renderSamples();
     } catch (err) {
-      clear(message).append(errorBox(err, err.status === 404 ? "Run not found:" : err.title));
+      // The API's message names the run already ("Run not found: ..."): no second prefix.
+      clear(message).append(errorBox(err, err.status === 404 ? "Not found." : err.title));
     } finally {
       loading = false;
     }
@@ -189,12 +190,15 @@ export function mountDetail(root, runId) {
         errors.length ? h("div", { class: "metric-errors" }, errors) : null)));
   }
 
-  // Follow a live run: reload when its counts change.
-  const reloadSoon = debounce(load, 700);
+  // Follow a live run: reload when its counts change, at most every 700 ms (throttled, so a
+  // run that changes at every poll still updates).
+  const reloadSoon = throttle(load, 700);
   const unsubscribe = store.subscribe(() => {
     // The route may name a unique prefix of a Themis 4 id: follow the run it resolved to.
     const now = store.get(detail ? detail.run_id : runId);
-    if (detail && now && (now.generated !== detail.generated || now.evaluated !== detail.evaluated || now.status !== detail.status)) {
+    if (!detail && now) {
+      reloadSoon();  // opened before the run existed: it has appeared
+    } else if (detail && now && (now.generated !== detail.generated || now.evaluated !== detail.evaluated || now.status !== detail.status)) {
       reloadSoon();
     }
   });
