@@ -19,8 +19,13 @@ STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
-_gc_lock = threading.Lock()
-_gc_holders = 0
+class _GcPause:
+    """Counts the threads inside `bulk_allocation`: collection resumes when the last leaves
+    (and only if it was on before the first came in)."""
+
+    lock = threading.Lock()
+    holders = 0
+    resume = False
 
 
 @contextlib.contextmanager
@@ -29,23 +34,18 @@ def bulk_allocation() -> Iterator[None]:
     events): with millions of long-lived objects in a big store's state, collections set off by
     the burst cost more than the work itself (3x on a 10,000-case detail). Nothing made here is
     cyclic, and collection resumes afterwards."""
-    global _gc_holders
-    with _gc_lock:
-        _gc_holders += 1
-        if _gc_holders == 1:
-            was_enabled = gc.isenabled()
+    with _GcPause.lock:
+        if _GcPause.holders == 0:
+            _GcPause.resume = gc.isenabled()
             gc.disable()
-            _gc_state["enabled"] = was_enabled
+        _GcPause.holders += 1
     try:
         yield
     finally:
-        with _gc_lock:
-            _gc_holders -= 1
-            if _gc_holders == 0 and _gc_state.get("enabled"):
+        with _GcPause.lock:
+            _GcPause.holders -= 1
+            if _GcPause.holders == 0 and _GcPause.resume:
                 gc.enable()
-
-
-_gc_state: Dict[str, bool] = {}
 
 
 def settle_long_lived() -> None:

@@ -12,7 +12,7 @@ events that hold text (generation, reduction), which details fetch on demand.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 from ..base import stable_mean
 
@@ -116,7 +116,6 @@ class RunFold:
         self.completed_at: Optional[str] = None
         self.error_message: Optional[str] = None
         self.finals = 0               # run_completed / run_failed seen (more than one: resumed)
-        self.first_pos: Optional[int] = None
         self.last_pos: Optional[int] = None
         self.started_pos: Optional[int] = None
         self.final_pos: Optional[int] = None
@@ -141,8 +140,6 @@ class RunFold:
     def apply(self, pos: int, event: Any) -> None:
         """Apply one decoded event; anything malformed is counted, never raised."""
         self.events += 1
-        if self.first_pos is None:
-            self.first_pos = pos
         self.last_pos = pos
         if type(event) is not dict:
             self._bad(pos, "event is not a JSON object")
@@ -279,9 +276,6 @@ class RunFold:
                 case.eval_fail[metric] = _msg(ev.get("error_message"))
 
     # ------------------------------------------------------------------ derived figures
-
-    def native_status(self) -> str:
-        return self.status
 
     def counts(self) -> Dict[str, int]:
         """Distinct-case progress counts (§8)."""
@@ -560,7 +554,3 @@ def summary_fields(fold: RunFold) -> Dict[str, Any]:
         # events after a run_completed/run_failed: Themis re-ran the run (it records no resume)
         "resumed": fold.finals > 1 or (fold.final_pos is not None and (fold.last_pos or 0) > fold.final_pos),
     }
-
-
-def positions(fold: RunFold) -> Tuple[Optional[int], Optional[int], Optional[int]]:
-    return fold.started_pos, fold.last_pos, fold.final_pos

@@ -96,10 +96,14 @@ class EventReader:
 
 
 def redact_url(url: str) -> str:
-    """A connection URL without its password (in the userinfo or a `password=` query parameter),
-    for logs, errors and the API."""
+    """A connection string without its password, for logs, errors and the API: the userinfo
+    password and a `password=` query parameter of a URL, or `password=...` in a libpq
+    key=value string."""
+    import re
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+    if "://" not in url:
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url, flags=re.I)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -112,12 +116,7 @@ def redact_url(url: str) -> str:
             host = f"{host}:{port}"
         netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
     query = parts.query
-    if query:
+    if query and "password" in query.lower():
         pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() == "password" for k, _ in pairs):
-            query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def optional(value: Optional[Any], default: Any) -> Any:
-    return default if value is None else value

@@ -16,20 +16,11 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import orjson
+
 from ..base import RefreshResult, RunNotFound, bulk_allocation
 from .fold import RunFold, describe_snapshot, summary_fields
 from .reader import EventReader, Unavailable
-
-try:  # orjson is a dependency; the fallback keeps the pure parts importable without it
-    import orjson
-
-    def _loads_fast(data: Any) -> Any:
-        return orjson.loads(data)
-except ImportError:  # pragma: no cover
-    orjson = None
-
-    def _loads_fast(data: Any) -> Any:
-        return json.loads(data)
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -43,7 +34,7 @@ def decode(data: Any) -> Any:
     if isinstance(data, (dict, list)):
         return data  # already decoded by the driver
     try:
-        return _loads_fast(data)
+        return orjson.loads(data)
     except ValueError:
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = bytes(data).decode("utf-8")
@@ -121,13 +112,6 @@ class V4Run:
         except (ValueError, UnicodeDecodeError) as exc:
             return _Undecodable(f"event at position {pos} is not valid JSON: {exc}")
 
-    def apply(self, pos: int, event: Any) -> None:
-        self.fold.apply(pos, None if isinstance(event, _Undecodable) else event)
-        if isinstance(event, _Undecodable):
-            self.fold.last_bad = event.message
-        if self.fold.bad_events:
-            self.error = f"{self.fold.bad_events} unreadable event(s); last: {self.fold.last_bad}"
-
     def touched(self) -> None:
         self.version += 1
         self.last_change = _epoch(self.fold.updated_at) or time.time()
@@ -157,7 +141,7 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
     again (existing_run_policy=rerun): that run starts over.
     """
     unknown = orphans = 0
-    loads = _loads_fast
+    loads = orjson.loads
     for pos, run_id, data in rows:
         run = runs.get(run_id)
         if run is None:
@@ -172,10 +156,11 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
             runs[run_id] = run = run.restarted()
             fold = run.fold
         before = fold.unknown_events
-        if type(event) is dict:
-            fold.apply(pos, event)
+        if type(event) is _Undecodable:
+            fold.apply(pos, None)  # counted as a bad event, with the decoder's reason below
+            fold.last_bad = event.message
         else:
-            run.apply(pos, event)
+            fold.apply(pos, event)
         unknown += fold.unknown_events - before
         if fold.bad_events:
             run.error = f"{fold.bad_events} unreadable event(s); last: {fold.last_bad}"
@@ -234,11 +219,9 @@ class Themis4Source:
         self.generation = 0
         self.scanned = False
         self.error: Optional[str] = None       # the store is unavailable right now (shown in summaries)
-        self.root_error: Optional[str] = None
-        self.last_refresh: Optional[float] = None
+
         self.unknown_events = 0
         self.orphan_events = 0
-        self.polls = 0
         self.lock_grace = 5.0  # seconds a lock may last before the store is reported as unavailable
         self._locked_since: Optional[float] = None
         self._logged: set = set()
@@ -264,7 +247,6 @@ class Themis4Source:
                 if message is not None:
                     res.error = message
                     self._set_error(message, res)
-            self.last_refresh = self.clock()
         res.duration = time.perf_counter() - start
         return res
 
@@ -276,7 +258,7 @@ class Themis4Source:
         elif message not in self._logged:
             self._logged.add(message)
             log.warning("store %s: %s", self.name, message)
-        self.error = self.root_error = message
+        self.error = message
         self.generation += 1
         for run_id, run in self._runs.items():
             if run_id not in res.changed:
@@ -304,7 +286,6 @@ class Themis4Source:
         for _ in range(MAX_POLLS_PER_REFRESH):
             with self._lock:
                 poll = self.reader.poll()
-            self.polls += 1
             for run_id in list(runs):
                 if run_id not in poll.runs:
                     del runs[run_id]
@@ -384,6 +365,11 @@ class Themis4Source:
         self._runs = runs
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def root_error(self) -> Optional[str]:
+        """What `Sources` reports per store: here the same as `error`."""
+        return self.error
 
     def run_ids(self) -> List[str]:
         return list(self._runs)

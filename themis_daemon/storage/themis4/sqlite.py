@@ -83,10 +83,16 @@ class SqliteReader(EventReader):
         try:
             return conn.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
-            message = self._explain(exc)
-            if "locked" not in str(exc) and conn.in_transaction is False:
-                self.close()  # a replaced or broken file: open it afresh next time
-            raise Unavailable(message, transient="locked" in str(exc)) from None
+            raise self._unavailable(exc, conn) from None
+
+    def _unavailable(self, exc: sqlite3.Error, conn: sqlite3.Connection) -> Unavailable:
+        """The error as users see it. A lock is momentary (a writer committing); anything else
+        closes the connection outside a transaction, so a replaced or broken file is opened
+        afresh next time."""
+        locked = "locked" in str(exc)
+        if not locked and not conn.in_transaction:
+            self.close()
+        return Unavailable(self._explain(exc), transient=locked)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -155,10 +161,7 @@ class SqliteReader(EventReader):
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            message = self._explain(exc)
-            if "locked" not in str(exc):
-                self.close()
-            raise Unavailable(message, transient="locked" in str(exc)) from None
+            raise self._unavailable(exc, conn) from None
         if not out.more:
             self._probe_at_poll = sig
         return out
@@ -197,7 +200,7 @@ class SqliteReader(EventReader):
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise Unavailable(self._explain(exc), transient="locked" in str(exc)) from None
+            raise self._unavailable(exc, conn) from None
         return {"tokens": tokens, "upto": upto, "events": upto - low + 1 if upto else 0, "sig": sig}
 
     @staticmethod
