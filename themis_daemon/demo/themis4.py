@@ -929,6 +929,11 @@ class _CaseSpec:
         self.score_errors = dict(score_errors or {})
 
 
+def _stage_hit(entry: Any) -> Optional[Dict[str, Any]]:
+    """A stage-cache entry Themis would reuse (one holding a result), else None."""
+    return entry if isinstance(entry, dict) and isinstance(entry.get("result"), dict) else None
+
+
 class RunHandle:
     """One run of a :class:`Themis4Writer`. Live mode: each method writes and commits its
     events immediately, one transaction per write, in the order Themis' orchestrator uses."""
@@ -1107,8 +1112,8 @@ class RunHandle:
                         error_message=str(spec.fail), retry_history=history)))
                     continue
                 key = gen_keys[(cid, index)]
-                cached = hits.get(key) if spec.output is None and not spec.retries else None
-                hit = isinstance(cached, dict) and isinstance(cached.get("result"), dict)
+                cached = _stage_hit(hits.get(key)) if spec.output is None and not spec.retries else None
+                hit = cached is not None
                 result = cached["result"] if hit else self._generate(spec, index, seed)
                 blob = _dumps(result).encode("utf-8")
                 ref = "sha256:" + hashlib.sha256(blob).hexdigest()
@@ -1135,8 +1140,8 @@ class RunHandle:
         reduced: Dict[str, Dict[str, Any]] = {}
         for spec in live:
             cid = spec.case["case_id"]
-            cached = hits.get(red_keys[cid])
-            hit = isinstance(cached, dict) and isinstance(cached.get("result"), dict)
+            cached = _stage_hit(hits.get(red_keys[cid]))
+            hit = cached is not None
             if hit:
                 result = cached["result"]
             else:
@@ -1162,8 +1167,8 @@ class RunHandle:
         parsed: Dict[str, Dict[str, Any]] = {}
         for spec in live:
             cid = spec.case["case_id"]
-            cached = hits.get(parse_keys[cid])
-            hit = isinstance(cached, dict) and isinstance(cached.get("result"), dict)
+            cached = _stage_hit(hits.get(parse_keys[cid]))
+            hit = cached is not None
             if hit:
                 result = cached["result"]
             else:
