@@ -12,6 +12,9 @@ events that hold text (generation, reduction), which details fetch on demand.
 from __future__ import annotations
 
 import math
+import pickle
+import threading
+from operator import attrgetter
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 from ..base import stable_mean
@@ -59,11 +62,7 @@ class Case:
         self.failed_event = False                # any *_failed event ever seen (progress, §8)
 
     def __reduce__(self):
-        # A flat tuple pickles much faster than the default slot-state dict (cold scans send
-        # hundreds of thousands of cases between processes).
-        return (_case_from, (self.gen, self.gen_fail, self.sel_err, self.red_err, self.parse_err, self.red_pos,
-                             self.parsed, self.eval_fail, self.exec_fail, self.scores, self.score_err,
-                             self.failed_event))
+        return (_case_from, _CASE_STATE(self))
 
     def has_failure(self) -> bool:
         return bool(self.gen_fail or self.sel_err is not None or self.red_err is not None
@@ -91,6 +90,16 @@ def _case_from(*state: Any) -> Case:
     (case.gen, case.gen_fail, case.sel_err, case.red_err, case.parse_err, case.red_pos, case.parsed,
      case.eval_fail, case.exec_fail, case.scores, case.score_err, case.failed_event) = state
     return case
+
+
+_CASE_STATE = attrgetter(*Case.__slots__)  # one C call for a case's whole state, in slot order
+
+
+def _case_from_state(state: tuple) -> Case:
+    return _case_from(*state)
+
+
+_UNPACK_LOCK = threading.Lock()
 
 
 def _float(value: Any) -> Optional[float]:
@@ -134,6 +143,35 @@ class RunFold:
         self.model: Optional[str] = info["model"]
         self.experiment_id: Optional[str] = info["experiment_id"]
         self.prompt_spec: Dict[str, Any] = info["prompt_spec"]
+
+    # ------------------------------------------------------------------ transfer
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Cold scans send hundreds of thousands of cases from worker processes: plain tuples
+        # pickle and unpickle several times faster than objects, and the receiver builds the
+        # `Case` objects of a run only when something needs them (most runs never change).
+        state = dict(self.__dict__)
+        cases = state.pop("cases", None)
+        if cases is not None:
+            state["_packed"] = pickle.dumps((list(cases), list(map(_CASE_STATE, cases.values()))),
+                                            protocol=pickle.HIGHEST_PROTOCOL)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when `cases` is not an attribute yet: a fold that arrived packed.
+        if name != "cases":
+            raise AttributeError(name)
+        with _UNPACK_LOCK:
+            cases = self.__dict__.get("cases")
+            if cases is None:
+                packed = self.__dict__.pop("_packed", None)
+                keys, states = pickle.loads(packed) if packed is not None else ((), ())
+                cases = dict(zip(keys, map(_case_from_state, states)))
+                self.__dict__["cases"] = cases
+        return cases
 
     # ------------------------------------------------------------------ applying events
 

@@ -137,13 +137,23 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
     """Fold rows `(pos, run_id, data)` into `runs`; (unknown-type events, events of no run).
 
     Shared by polls and the cold-scan processes, and the hottest loop of a first scan, so it
-    decodes inline. A second `run_started` for a run means Themis deleted it and wrote it
-    again (existing_run_policy=rerun): that run starts over.
+    decodes inline and looks a run up only when the run changes from one row to the next
+    (a run's events mostly come in long stretches). A second `run_started` for a run means
+    Themis deleted it and wrote it again (existing_run_policy=rerun): that run starts over.
     """
     unknown = orphans = 0
     loads = orjson.loads
+    current: Optional[str] = None
+    run: Optional[V4Run] = None
+    fold: Any = None
+    apply: Any = None
     for pos, run_id, data in rows:
-        run = runs.get(run_id)
+        if run_id != current:
+            current = run_id
+            run = runs.get(run_id)
+            if run is not None:
+                fold, apply = run.fold, run.fold.apply
+                touched[run_id] = run
         if run is None:
             orphans += 1
             continue
@@ -151,20 +161,20 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
             event = loads(data)
         except ValueError:
             event = run.decode(pos, data)  # bare NaN/Infinity, or not JSON at all
-        fold = run.fold
-        if fold.started_pos is not None and type(event) is dict and event.get("event_type") == "run_started":
-            runs[run_id] = run = run.restarted()
-            fold = run.fold
-        before = fold.unknown_events
-        if type(event) is _Undecodable:
-            fold.apply(pos, None)  # counted as a bad event, with the decoder's reason below
+        if type(event) is dict:
+            if event.get("event_type") == "run_started" and fold.started_pos is not None:
+                runs[run_id] = touched[run_id] = run = run.restarted()
+                fold, apply = run.fold, run.fold.apply
+            before = fold.unknown_events
+            apply(pos, event)
+            unknown += fold.unknown_events - before
+        elif type(event) is _Undecodable:
+            apply(pos, None)  # counted as a bad event, with the decoder's reason below
             fold.last_bad = event.message
         else:
-            fold.apply(pos, event)
-        unknown += fold.unknown_events - before
+            apply(pos, event)
         if fold.bad_events:
             run.error = f"{fold.bad_events} unreadable event(s); last: {fold.last_bad}"
-        touched[run_id] = run
     return unknown, orphans
 
 
