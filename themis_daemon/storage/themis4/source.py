@@ -10,6 +10,7 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +21,7 @@ import orjson
 
 from ..base import RefreshResult, RunNotFound, bulk_allocation
 from .fold import RunFold, describe_snapshot, summary_fields
-from .reader import EventReader, Unavailable
+from .reader import EventReader, NoExtraction, Unavailable
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -57,6 +58,47 @@ def _epoch(stamp: Optional[str]) -> Optional[float]:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+_DONE = object()
+
+
+def _prefetched(batches: Any) -> Any:
+    """Iterate `batches` with the next one produced on a helper thread meanwhile: a database
+    extracting fields (without the GIL) overlaps the decoding of what it gave before. The
+    caller holds the reader's lock throughout, so the reader is used by one thread at a time."""
+    handoff: "queue.Queue[Any]" = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    break
+                handoff.put((batch, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            handoff.put((None, exc))
+            return
+        handoff.put((_DONE, None))
+
+    worker = threading.Thread(target=produce, name="themis4-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            batch, exc = handoff.get()
+            if exc is not None:
+                raise exc
+            if batch is _DONE:
+                return
+            yield batch
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then join it
+            try:
+                handoff.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(0.05)
 
 
 class _Undecodable:
@@ -409,15 +451,19 @@ class Themis4Source:
         stop = None if limit is None else offset + limit
         page = order[offset:stop]
         positions = fold.positions_for(page) if page else []
-        with self._lock:
-            extracted = self.reader.fetch_outputs(run_id, positions) if positions else {}
         events: Dict[int, Any] = {}
-        with bulk_allocation():
-            if extracted is not None:
-                for pos, (output, conversation) in extracted.items():
-                    events[pos] = {"result": {"final_output": _json_or_none(output),
-                                              "conversation": _json_or_none(conversation)}}
-            else:
+        extracted = True
+        with self._lock, bulk_allocation():
+            try:
+                for batch in _prefetched(self.reader.output_batches(run_id, positions)) if positions else ():
+                    for pos, (output, conversation) in batch.items():
+                        events[pos] = {"result": {"final_output": _json_or_none(output),
+                                                  "conversation": _json_or_none(conversation)}}
+            except NoExtraction:
+                extracted = False
+        if not extracted:
+            events = {}
+            with bulk_allocation():
                 with self._lock:
                     raw = self.reader.fetch(run_id, positions)
                 for pos, data in raw.items():
