@@ -4,7 +4,8 @@ sorting / sample links / downloads, the single-sample page and the compare view'
 metric multi-select and paired chart means. Daemon subprocesses serve copies of the fixture
 stores; expected numbers come from the store files and the REST API, not from the page.
 
-Screenshots of the new views go to docs/screenshots/ (referenced from the README).
+Screenshots of the new views: tests/screenshots/, and docs/screenshots/ (committed, referenced from
+the README) when THEMIS_DOC_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from test_samples_http import cells, v1_file_scores
 expect = sync_api.expect
 expect.set_options(timeout=30_000)
 DOC_SHOTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "screenshots")
+TEST_SHOTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
 V4_SQLITE = os.path.join(DATA, "themis-v4", "sqlite")
 with open(os.path.join(V4_SQLITE, "manifest.json"), encoding="utf-8") as _fh:
     V4_RUNS = {name: info["run_id"] for name, info in json.load(_fh)["runs"].items()}
@@ -47,8 +49,12 @@ def mcnemar_row(base, run_a, run_b, metric):
 
 
 def shot(p, name):
-    os.makedirs(DOC_SHOTS, exist_ok=True)
-    p.page.screenshot(path=os.path.join(DOC_SHOTS, name), full_page=True)
+    """Screenshots go to tests/screenshots/; with THEMIS_DOC_SCREENSHOTS=1 they also refresh the
+    committed ones in docs/screenshots/ (a plain test run leaves tracked files alone)."""
+    folders = [TEST_SHOTS] + ([DOC_SHOTS] if os.environ.get("THEMIS_DOC_SCREENSHOTS") == "1" else [])
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+        p.page.screenshot(path=os.path.join(folder, name), full_page=True)
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,7 @@ class RunState:
         self.last_change = time.time()  # wall clock of the newest file change seen
         self._summary: Optional[Tuple[int, Dict[str, Any]]] = None
         self._view: Optional[View] = None
+        self._positions: Optional[Tuple[View, Dict[Tuple[str, Any], int]]] = None
         self._meta_path = os.path.join(run_dir, "metadata.json")
         self._dataset_path: Optional[str] = None
         self._resolved: Dict[str, Tuple[str, bool]] = {}  # path base -> (path, gz), cached
@@ -213,6 +214,7 @@ class RunState:
         state = dict(self.__dict__)
         del state["lock"]
         state["_view"] = None
+        state["_positions"] = None
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -429,6 +431,7 @@ class RunState:
         """Free the per-sample view; the store keeps only a few of them alive."""
         with self.lock:
             self._view = None
+            self._positions = None
 
     def _sample_id(self, rec: tuple) -> Any:
         if rec[1] is not None:
@@ -530,6 +533,18 @@ class RunState:
         everything = view.samples + view.pending if include_pending else view.samples
         positions = range(len(everything))[start:stop]
         return self.load_positions(view, positions, include_pending)
+
+    def positions_by_id(self, view: View) -> Dict[Tuple[str, Any], int]:
+        """Where each sample id sits in the view; kept per view, as a download asks for every
+        chunk of a big run in turn."""
+        with self.lock:
+            cached = self._positions
+            if cached is not None and cached[0] is view:
+                return cached[1]
+        where = {(type(s.id).__name__, s.id): i for i, s in enumerate(view.samples)}
+        with self.lock:
+            self._positions = (view, where)
+        return where
 
     def load_positions(self, view: View, positions, include_pending: bool = False) -> List[Dict[str, Any]]:
         """Detail samples at these positions of the view (evaluated samples, then pending ones)."""

@@ -237,6 +237,6 @@ class Store:
         state = self.get(run_id)
         state.want_tasks()
         view = self.view(run_id)
-        where = {(type(s.id).__name__, s.id): i for i, s in enumerate(view.samples)}
+        where = state.positions_by_id(view)
         positions = [where[k] for k in ((type(i).__name__, i) for i in ids) if k in where]
         return state.load_positions(view, positions)

@@ -425,8 +425,8 @@ class Themis4Source:
     def samples(self, run_id: str, ids: List[Any]) -> List[Dict[str, Any]]:
         """Detail samples for these case ids (unknown ids are skipped), in the order given."""
         run = self.get(run_id)
-        known = set(run.fold.sample_order(False))
-        return self._samples(run, [i for i in ids if i in known], (), 0)
+        cases = run.fold.cases
+        return self._samples(run, [i for i in ids if i in cases], (), 0)
 
     def _samples(self, run: V4Run, page: List[str], indexes, scored: int) -> List[Dict[str, Any]]:
         """Detail samples of these cases; `indexes` (positions in the pending-inclusive order)
