@@ -391,3 +391,19 @@ def test_picker_with_hundreds_of_runs(opener, tmp_path):
         p.check_clean()
     finally:
         d.stop()
+
+
+def test_new_views_fit_a_narrow_screen(opener, v1):
+    p = opener(v1, width=390, height=844)
+    q = urllib.parse.urlencode({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "ExactMatch", "kind": "a_only"})
+    page = p.goto("/dashboard/#/compare/samples?" + q)
+    expect(page.locator("#pair-list article.pair").first).to_be_visible()
+    for path, ready in (("/dashboard/#/compare/samples?" + q, "#pair-list article.pair"),
+                        ("/dashboard/#/runs/fake-swapped", "#samples-table tbody tr"),
+                        ("/dashboard/#/runs/fake-swapped/samples/q06", "#sample-scores")):
+        page.goto(p.base + path)
+        expect(page.locator(ready).first).to_be_visible()
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"{path} is {overflow}px wider than the screen"
+    shot(p, "sample-narrow.png")
+    p.check_clean()

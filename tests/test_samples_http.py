@@ -336,3 +336,26 @@ class TestThemis4:
                                         else json.dumps(ref, ensure_ascii=False, sort_keys=True))
             for m, v in s["scores"].items():
                 assert float(row[m]) == v
+
+
+class TestApiKeys:
+    KEY = "samples-key-0001"
+
+    @pytest.fixture
+    def app_settings(self):
+        return {"poll_interval": 0.05, "api_keys": [self.KEY]}
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_both_endpoints_need_the_key(self, http_client, base_url):
+        paths = ["/api/compare/samples?run_a=fake-direct&run_b=fake-swapped&metric=ExactMatch&kind=a_only",
+                 "/api/runs/fake-direct/samples?format=csv"]
+        for path in paths:
+            for headers, status in (({}, 401), ({"X-API-Key": "wrong-key-9999"}, 403),
+                                    ({"X-API-Key": self.KEY}, 200), ({"Authorization": f"Bearer {self.KEY}"}, 200)):
+                resp = await http_client.fetch(base_url + path, headers=headers, raise_error=False)
+                assert resp.code == status, (path, headers)
+                if status != 200:
+                    assert resp.headers["Content-Type"].startswith("application/problem+json")
+        # a key in the query string is not accepted for downloads (it would land in logs)
+        resp = await http_client.fetch(base_url + paths[1] + "&token=" + self.KEY, raise_error=False)
+        assert resp.code == 401

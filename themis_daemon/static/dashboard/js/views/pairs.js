@@ -146,11 +146,16 @@ function countsTable(c) {
         h("td", { class: "num", dataset: { cell: "neither" } }, String(c.neither)))));
 }
 
+/** One metric's stored details as "key: value, ..." (null shown as null). */
+export function detailText(value) {
+  return Object.entries(value || {}).map(([k, v]) => `${k}: ${valueText(v === null ? "null" : v)}`).join(", ");
+}
+
 export function detailsList(details) {
   const entries = Object.entries(details || {});
   if (!entries.length) return null;
   return h("dl", { class: "metric-details small" }, entries.map(([metric, value]) =>
-    [h("dt", {}, metric), h("dd", { class: "mono" }, Object.entries(value || {}).map(([k, v]) => `${k}: ${valueText(v === null ? "null" : v)}`).join(", "))]));
+    [h("dt", {}, metric), h("dd", { class: "mono" }, detailText(value))]));
 }
 
 function errorsList(errors) {

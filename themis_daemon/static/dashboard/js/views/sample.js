@@ -4,7 +4,7 @@
 import { api, runPath } from "../api.js";
 import { clear, errorBox, fmtNum, h, isLongId, shortId, valueText } from "../dom.js";
 import { prettyText } from "../text.js";
-import { detailsList } from "./pairs.js";
+import { detailText } from "./pairs.js";
 
 export function mountSample(root, runId, sampleId) {
   let alive = true;
@@ -46,14 +46,14 @@ export function mountSample(root, runId, sampleId) {
         h("section", { class: "card" }, h("h2", {}, "Reference"),
           hasRef ? h("div", { id: "sample-reference" }, prettyText(sample.reference, { cls: "reference" }))
             : h("p", { class: "muted" }, "No reference stored."))),
-      h("section", { class: "card" }, h("h2", {}, "Scores"),
+      h("section", { class: "card" }, h("h2", {}, "Scores"), h("div", { class: "table-scroll" },
         h("table", { class: "metrics-table", id: "sample-scores" },
           h("thead", {}, h("tr", {}, h("th", {}, "Metric"), h("th", { class: "num" }, "Score"), h("th", {}, "Details"))),
           h("tbody", {}, [...new Set([...Object.keys(sample.scores || {}), ...errors.map(([m]) => m)])].sort().map((m) =>
             h("tr", { dataset: { metric: m } }, h("td", {}, m),
               h("td", { class: "num" }, m in (sample.scores || {}) ? fmtNum(sample.scores[m]) : "–"),
               h("td", {}, (sample.errors || {})[m] ? h("span", { class: "error-text" }, "⚠ ", valueText(sample.errors[m])) : null,
-                detailsList(sample.details && sample.details[m] ? { [m]: sample.details[m] } : null))))))));
+                sample.details && sample.details[m] ? h("span", { class: "mono small detail-text" }, detailText(sample.details[m])) : null))))))));
   }
 
   load();
