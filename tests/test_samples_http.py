@@ -319,6 +319,43 @@ class TestThemis4:
                                    run_b=ids["beta"], metric=metric, kind="b_only")
             assert resp.code == 400 and "by_delta" in body["detail"]
 
+    def stored_details(self, backend, run_id):
+        """Per case, per metric, the details of the last score_completed, read from the store."""
+        if backend == "sqlite":
+            import sqlite3
+
+            con = sqlite3.connect(f"file:{os.path.join(V4, 'sqlite', 'themis.sqlite3')}?mode=ro", uri=True)
+            try:
+                rows = [r[0] for r in con.execute("SELECT event_json FROM run_events WHERE run_id = ? ORDER BY id",
+                                                  (run_id,))]
+            finally:
+                con.close()
+        else:
+            with open(os.path.join(V4, "jsonl", "store", "runs", run_id, "events.jsonl"), encoding="utf-8") as fh:
+                rows = [line for line in fh if line.strip()]
+        out = {}
+        for raw in rows:
+            ev = json.loads(raw)
+            if ev.get("event_type") in ("score_completed", "score_failed"):
+                out.setdefault(ev["case_id"], {})[ev["metric_id"]] = (ev.get("score") or {}).get("details")
+        return {c: {m: d for m, d in per.items() if d} for c, per in out.items()}
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_score_details_reach_detail_pairs_and_downloads(self, http_client, base_url, backend):
+        ids = self.ids(backend)
+        run_id = ids["score_errors"]
+        want = self.stored_details(backend, run_id)
+        assert any(want.values()), "the fixture stores details for some scores"
+        _, detail = await get(http_client, base_url, f"/api/runs/{run_id}")
+        for s in detail["samples"]:
+            expected = {m: d for m, d in want.get(s["id"], {}).items() if m in s["scores"]}
+            assert s.get("details", {}) == expected, s["id"]
+        metric = "metric/format_closeness"
+        items, _ = await all_pages(http_client, base_url, 50, run_a=run_id, run_b=ids["alpha"], metric="builtin/exact_match",
+                                   kind="by_delta")
+        for it in items:
+            assert it["a"].get("details", {}).get(metric) == want.get(it["id"], {}).get(metric)
+
     @pytest.mark.gen_test(timeout=60)
     async def test_downloads_parse_back(self, http_client, base_url, backend):
         run_id = self.ids(backend)["flaky"]

@@ -454,7 +454,35 @@ class Themis4Source:
         pending = [False] * len(page)
         for k, index in enumerate(indexes):
             pending[k] = index >= scored
-        return [fold.sample(cid, events, pending=p, dataset=dataset) for cid, p in zip(page, pending)]
+        samples = [fold.sample(cid, events, pending=p, dataset=dataset) for cid, p in zip(page, pending)]
+        details = self._score_details(run_id, fold, page)
+        if details:
+            for item in samples:
+                got = details.get(item["id"])
+                if got:
+                    item["details"] = {m: d for m, d in got.items() if m in item["scores"]}
+        return samples
+
+    def _score_details(self, run_id: str, fold: Any, page: List[str]) -> Dict[str, Dict[str, Any]]:
+        """Per case, per metric, the `details` its score_completed stored (only metrics that
+        stored some are looked up)."""
+        wanted = fold.detail_positions(page) if page else {}
+        if not wanted:
+            return {}
+        with self._lock:
+            raw = self.reader.fetch(run_id, list(wanted))
+        out: Dict[str, Dict[str, Any]] = {}
+        for pos, data in raw.items():
+            try:
+                event = decode(data)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            score = event.get("score") if isinstance(event, dict) else None
+            det = score.get("details") if isinstance(score, dict) else None
+            if isinstance(det, dict) and det and pos in wanted:
+                case_id, metric = wanted[pos]
+                out.setdefault(case_id, {})[metric] = det
+        return out
 
     def _dataset(self, run: V4Run) -> Optional[Dict[str, Any]]:
         """References and inputs of a run's dataset, read from its snapshot on demand; a few
