@@ -257,12 +257,14 @@ async def test_download_errors(http_client, base_url):
 
 
 class TestThemis4:
-    @pytest.fixture(params=("sqlite", "jsonl"))
+    @pytest.fixture(params=("sqlite", "jsonl", "postgres"))
     def backend(self, request):
         return request.param
 
     @pytest.fixture
-    def store_root(self, backend, tmp_path):
+    def store_root(self, backend, tmp_path, request):
+        if backend == "postgres":
+            return request.getfixturevalue("pg_fixture_db")
         if backend == "sqlite":
             dst = tmp_path / "themis.sqlite3"
             shutil.copyfile(os.path.join(V4, "sqlite", "themis.sqlite3"), dst)
@@ -320,8 +322,9 @@ class TestThemis4:
             assert resp.code == 400 and "by_delta" in body["detail"]
 
     def stored_details(self, backend, run_id):
-        """Per case, per metric, the details of the last score_completed, read from the store."""
-        if backend == "sqlite":
+        """Per case, per metric, the details of the last score_completed, read from the store
+        (for PostgreSQL from the SQLite copy of the same runs: every backend holds the same events)."""
+        if backend in ("sqlite", "postgres"):
             import sqlite3
 
             con = sqlite3.connect(f"file:{os.path.join(V4, 'sqlite', 'themis.sqlite3')}?mode=ro", uri=True)
