@@ -256,6 +256,15 @@ class Sources:
     def scores(self, run_id: str) -> Dict[str, Dict[Any, List[float]]]:
         return self._owner(run_id).scores(run_id)
 
+    def sample_ids(self, run_id: str) -> List[Any]:
+        """Ids of a run's scored samples, in detail order."""
+        return self._owner(run_id).sample_ids(run_id)
+
+    def samples(self, run_id: str, ids: List[Any]) -> List[Dict[str, Any]]:
+        """Detail samples (prompt, response, reference, scores, ...) for these ids, in that
+        order; ids the run does not have are skipped. Reads text for these samples only."""
+        return self._owner(run_id).samples(run_id, ids)
+
     def counters(self) -> Dict[str, int]:
         """Counts for /metrics: events of unknown types, events of unknown runs."""
         return {

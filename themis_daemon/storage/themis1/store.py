@@ -227,3 +227,16 @@ class Store:
     def scores(self, run_id: str) -> Dict[str, Dict[Any, List[float]]]:
         """Per metric, per sample id, the score values (one per evaluation line)."""
         return self.view(run_id).scores
+
+    def sample_ids(self, run_id: str) -> List[Any]:
+        """Ids of the evaluated samples, in detail order."""
+        return [s.id for s in self.view(run_id).samples]
+
+    def samples(self, run_id: str, ids: List[Any]) -> List[Dict[str, Any]]:
+        """Detail samples for these ids (unknown ids are skipped), in the order given."""
+        state = self.get(run_id)
+        state.want_tasks()
+        view = self.view(run_id)
+        where = state.positions_by_id(view)
+        positions = [where[k] for k in ((type(i).__name__, i) for i in ids) if k in where]
+        return state.load_positions(view, positions)

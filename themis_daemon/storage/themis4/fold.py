@@ -15,7 +15,7 @@ import math
 import pickle
 import threading
 from operator import attrgetter
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from ..base import stable_mean
 
@@ -42,7 +42,7 @@ class Case:
     """What the fold keeps of one case (keyed by `case_id` alone, as Themis does)."""
 
     __slots__ = ("gen", "gen_fail", "sel_err", "red_err", "parse_err", "red_pos", "parsed",
-                 "eval_fail", "exec_fail", "scores", "score_err", "failed_event")
+                 "eval_fail", "exec_fail", "scores", "score_err", "failed_event", "score_det")
 
     def __init__(self) -> None:
         # Containers are created on first use: a store holds hundreds of thousands of cases.
@@ -60,6 +60,9 @@ class Case:
         self.scores: Optional[Dict[str, float]] = None   # metric -> value
         self.score_err: Optional[Dict[str, str]] = None  # metric -> reason
         self.failed_event = False                # any *_failed event ever seen (progress, §8)
+        # metric -> position of its score_completed, only for scores that carry details
+        # (builtin metrics store none, so most cases never make this dict)
+        self.score_det: Optional[Dict[str, int]] = None
 
     def __reduce__(self):
         return (_case_from, _CASE_STATE(self))
@@ -88,7 +91,7 @@ class Case:
 def _case_from(*state: Any) -> Case:
     case = Case.__new__(Case)
     (case.gen, case.gen_fail, case.sel_err, case.red_err, case.parse_err, case.red_pos, case.parsed,
-     case.eval_fail, case.exec_fail, case.scores, case.score_err, case.failed_event) = state
+     case.eval_fail, case.exec_fail, case.scores, case.score_err, case.failed_event, case.score_det) = state
     return case
 
 
@@ -251,6 +254,13 @@ class RunFold:
                     case.scores[metric] = value
                     if case.score_err:
                         case.score_err.pop(metric, None)
+                details = score.get("details")
+                if value is not None and isinstance(details, dict) and details:
+                    if case.score_det is None:
+                        case.score_det = {}
+                    case.score_det[metric] = pos
+                elif case.score_det:
+                    case.score_det.pop(metric, None)
         elif kind == "generation_completed":
             if ev.get("result") is not None:
                 index = ev.get("candidate_index")
@@ -287,6 +297,8 @@ class RunFold:
             if isinstance(metric, str) and error is not None:
                 if case.scores:
                     case.scores.pop(metric, None)
+                if case.score_det:
+                    case.score_det.pop(metric, None)
                 reason = error.get("reason") if isinstance(error, dict) else error
                 if case.score_err is None:
                     case.score_err = {}
@@ -388,6 +400,16 @@ class RunFold:
             out.extend(generations(case).values())
             if case.red_pos is not None:
                 out.append(case.red_pos)
+        return out
+
+    def detail_positions(self, case_ids: List[str]) -> Dict[int, Tuple[str, str]]:
+        """{position: (case id, metric)} of the score events whose details these cases show."""
+        out: Dict[int, Tuple[str, str]] = {}
+        for case_id in case_ids:
+            case = self.cases.get(case_id)
+            if case is not None and case.score_det:
+                for metric, pos in case.score_det.items():
+                    out[pos] = (case_id, metric)
         return out
 
     def sample(self, case_id: str, events: Dict[int, Any], pending: bool = False,

@@ -450,6 +450,41 @@ class Themis4Source:
         scored = len(fold.sample_order(False)) if include_pending else len(order)
         stop = None if limit is None else offset + limit
         page = order[offset:stop]
+        samples = self._samples(run, page, range(offset, offset + len(page)) if include_pending else (),
+                                scored)
+        if include_pending:
+            for item in samples:
+                item.setdefault("pending", False)
+        out = dict(run.summary())
+        out["samples"] = samples
+        out["samples_total"] = len(order)
+        out["metadata"] = {
+            "created_at": fold.created_at,
+            "updated_at": fold.updated_at,
+            "completed_at": fold.completed_at,
+            "config_snapshot": None,
+            "native_status": fold.status,
+            "completed_through_stage": fold.completed_through_stage,
+            "events": fold.events,
+            "snapshot": fold.info.get("meta"),
+        }
+        return out, version
+
+    def sample_ids(self, run_id: str) -> List[str]:
+        """Case ids of the scored cases, in detail order."""
+        return list(self.get(run_id).fold.sample_order(False))
+
+    def samples(self, run_id: str, ids: List[Any]) -> List[Dict[str, Any]]:
+        """Detail samples for these case ids (unknown ids are skipped), in the order given."""
+        run = self.get(run_id)
+        cases = run.fold.cases
+        return self._samples(run, [i for i in ids if i in cases], (), 0)
+
+    def _samples(self, run: V4Run, page: List[str], indexes, scored: int) -> List[Dict[str, Any]]:
+        """Detail samples of these cases; `indexes` (positions in the pending-inclusive order)
+        mark those at or past `scored` as pending."""
+        run_id = run.run_id
+        fold = run.fold
         positions = fold.positions_for(page) if page else []
         events: Dict[int, Any] = {}
         extracted = True
@@ -472,25 +507,38 @@ class Themis4Source:
                     except (ValueError, UnicodeDecodeError):
                         continue
         dataset = self._dataset(run) if page else None
-        samples = [fold.sample(cid, events, pending=include_pending and index >= scored, dataset=dataset)
-                   for index, cid in enumerate(order[offset:stop], offset)]
-        if include_pending:
+        pending = [False] * len(page)
+        for k, index in enumerate(indexes):
+            pending[k] = index >= scored
+        samples = [fold.sample(cid, events, pending=p, dataset=dataset) for cid, p in zip(page, pending)]
+        details = self._score_details(run_id, fold, page)
+        if details:
             for item in samples:
-                item.setdefault("pending", False)
-        out = dict(run.summary())
-        out["samples"] = samples
-        out["samples_total"] = len(order)
-        out["metadata"] = {
-            "created_at": fold.created_at,
-            "updated_at": fold.updated_at,
-            "completed_at": fold.completed_at,
-            "config_snapshot": None,
-            "native_status": fold.status,
-            "completed_through_stage": fold.completed_through_stage,
-            "events": fold.events,
-            "snapshot": fold.info.get("meta"),
-        }
-        return out, version
+                got = details.get(item["id"])
+                if got:
+                    item["details"] = {m: d for m, d in got.items() if m in item["scores"]}
+        return samples
+
+    def _score_details(self, run_id: str, fold: Any, page: List[str]) -> Dict[str, Dict[str, Any]]:
+        """Per case, per metric, the `details` its score_completed stored (only metrics that
+        stored some are looked up)."""
+        wanted = fold.detail_positions(page) if page else {}
+        if not wanted:
+            return {}
+        with self._lock:
+            raw = self.reader.fetch(run_id, list(wanted))
+        out: Dict[str, Dict[str, Any]] = {}
+        for pos, data in raw.items():
+            try:
+                event = decode(data)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            score = event.get("score") if isinstance(event, dict) else None
+            det = score.get("details") if isinstance(score, dict) else None
+            if isinstance(det, dict) and det and pos in wanted:
+                case_id, metric = wanted[pos]
+                out.setdefault(case_id, {})[metric] = det
+        return out
 
     def _dataset(self, run: V4Run) -> Optional[Dict[str, Any]]:
         """References and inputs of a run's dataset, read from its snapshot on demand; a few
