@@ -60,9 +60,9 @@ def samples_done(run: Dict[str, Any]) -> Optional[int]:
 
 def elapsed_seconds(run: Dict[str, Any], now: Optional[dt.datetime] = None) -> Optional[float]:
     """Run time so far: to now for a live run (a Themis 1.x run's `updated_at` stays at its
-    start while it writes records), else to its end."""
+    start while it writes records), else (finished, or stalled) to its last change."""
     start = parse_time(run.get("created_at"))
-    if run.get("status") == "in_progress":
+    if run.get("status") == "in_progress" and not run.get("stalled"):
         end: Optional[dt.datetime] = now or dt.datetime.now(dt.timezone.utc)
     else:
         end = parse_time(run.get("completed_at") or run.get("updated_at"))
