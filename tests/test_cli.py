@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import snapshot_tree
+from conftest import DATA, copy_store, snapshot_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -314,6 +314,13 @@ def test_storage_one_level_too_deep_names_the_root(plain_store, inner, what):
         assert len(d.get("/api/runs")[1]) == 5
     finally:
         d.stop()
+
+
+def test_storage_at_the_runs_folder_of_a_jsonl_store_names_the_root(tmp_path):
+    root = copy_store(os.path.join(DATA, "themis-v4", "jsonl", "store"), str(tmp_path / "jsonl"))
+    spec = os.path.join(root, "runs")
+    line = _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", spec), spec, "Themis 4 JSONL")
+    assert line.endswith(f"--storage {root}")
 
 
 def test_short_api_key_error_says_the_minimum_without_the_key():

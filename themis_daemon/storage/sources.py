@@ -68,6 +68,10 @@ def detect(spec: str) -> str:
         raise NotAStore(f"{spec}: cannot be listed ({exc.strerror}); expected {EXPECTED}") from None
     if empty:
         return "themis1"  # Themis 1.x creates experiments/ on first use
+    if any(os.path.isfile(os.path.join(d, "snapshot.json")) for d in _subdirs(spec)):
+        raise NotAStore(f"{spec}: the runs/ folder of a Themis 4 JSONL store, which would serve no runs; "
+                        f"give the store root (the folder holding runs/) instead: --storage "
+                        f"{os.path.dirname(os.path.abspath(spec))}")
     raise NotAStore(f"{spec}: a directory with neither experiments/ nor runs/; expected {EXPECTED}")
 
 
