@@ -329,6 +329,25 @@ def test_short_api_key_error_says_the_minimum_without_the_key():
     assert "key1" not in line
 
 
+def test_api_key_files_are_checked_at_start(tmp_path, plain_store):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"auth:\n  api_key_files: [{tmp_path / 'missing'}]\n")
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", plain_store, "--config", str(cfg)),
+                     "cannot read", str(tmp_path / "missing"))
+    keys = tmp_path / "keys"
+    keys.write_text("# team keys\nlong-enough-key-1\nshort\n")
+    cfg.write_text(f"auth:\n  api_key_files: [{keys}]\n")
+    line = _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", plain_store, "--config", str(cfg)),
+                            f"{keys} line 3", "at least 8 characters")
+    assert "short" not in line.replace("(this one has 5)", "")
+    # systemd's credential file is held to the same rule
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "api_keys").write_text("tiny\n")
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", plain_store, env={"CREDENTIALS_DIRECTORY": str(creds)}),
+                     "api_keys line 1", "at least 8 characters")
+
+
 def test_readme_examples_of_api_keys_are_accepted():
     from themis_daemon.config import MIN_API_KEY_LENGTH, load_settings
 

@@ -114,6 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return check_config(args.config, overrides_from_args(args), as_json=args.json)
     try:
         settings = load_settings(args.config, overrides=overrides_from_args(args))
+        settings.api_keys()  # unreadable key files or short keys: one line, before anything starts
     except ConfigError as exc:
         return fail(str(exc))
     from .server import run

@@ -137,9 +137,17 @@ class Settings:
         for path in files:
             try:
                 with open(path, encoding="utf-8") as fh:
-                    keys.extend(ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#"))
+                    lines = list(fh)
             except OSError as exc:
-                raise ConfigError(f"auth.api_key_files: cannot read {path}: {exc.strerror or exc}") from exc
+                raise ConfigError(f"auth.api_key_files: cannot read {path}: {exc.strerror or exc}") from None
+            for number, line in enumerate(lines, 1):
+                key = line.strip()
+                if not key or key.startswith("#"):
+                    continue
+                if len(key) < MIN_API_KEY_LENGTH:  # as for keys in the config (the schema's minLength)
+                    raise ConfigError(f"{path} line {number}: an API key needs at least {MIN_API_KEY_LENGTH} "
+                                      f"characters (this one has {len(key)})")
+                keys.append(key)
         return keys
 
 
