@@ -50,11 +50,20 @@ def test_status_table_shows_runs_progress_and_means(served):
         assert shown in out
     line = next(ln for ln in out.splitlines() if "fake-live" in ln)
     # The "Samples" figure is the one the progress counts: 14 of 20 generated, 70 %.
-    assert "14 / 20" in line and "70.0%" in line and "in_progress" in line
+    assert "14/20" in line and "70.0%" in line
     assert "ExactMatch 1" in line and "ResponseLength 1.7" in line
     done = next(ln for ln in out.splitlines() if "fake-direct" in ln)
-    assert "completed" in done and "20 / 20" in done and "ExactMatch 0.9" in done
+    assert "completed" in done and "20/20" in done and "ExactMatch 0.9" in done
     assert "17 runs" in out
+
+
+def test_status_fits_a_narrow_terminal(served):
+    res = run_cli("status", "--url", f"http://127.0.0.1:{served.port}", env={"COLUMNS": "80"})
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.rstrip("\n").splitlines()
+    assert max(len(ln.rstrip()) for ln in lines) <= 80, res.stdout
+    line = next(ln for ln in lines if "fake-live" in ln)
+    assert "14/20" in line and "70.0%" in line  # the figures survive, less useful columns go
 
 
 def test_status_json_is_the_api_list(served):
@@ -115,7 +124,7 @@ def test_status_watch_follows_a_live_demo_run_under_a_terminal():
         child = pexpect.spawn(PY, ["-m", "themis_daemon", "status", "--watch", "--url", f"http://127.0.0.1:{d.port}"],
                               cwd=REPO, env=env, dimensions=(100, 230), encoding="utf-8", timeout=60)
         buf = []
-        row = re.compile(r"(demo-\d{8}-\d{6}-\d+)\s*│[^\n]*?in_progress[^\n]*?(\d+) / (\d+)")
+        row = re.compile(r"(demo-\d{8}-\d{6}-\d+)\s*│[^\n]*?in_progress[^\n]*?(\d+)/(\d+)")
         _read_until(child, lambda t: "watching, Ctrl-C to quit" in t and row.search(t), 60, buf)
 
         def progressed(text):

@@ -137,7 +137,9 @@ def sort_runs(runs: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 # ------------------------------------------------------------------------------- rendering
 
-def render_table(runs: Iterable[Dict[str, Any]], *, source: str, note: str = "") -> Any:
+def render_table(runs: Iterable[Dict[str, Any]], *, source: str, note: str = "", width: int = 200) -> Any:
+    """The runs as a rich Table; narrow terminals lose the least useful columns first, so the
+    figures are never cut."""
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
@@ -145,36 +147,54 @@ def render_table(runs: Iterable[Dict[str, Any]], *, source: str, note: str = "")
     runs = sort_runs(runs)
     live = sum(1 for r in runs if r.get("status") == "in_progress")
     title = f"{len(runs)} runs, {live} live — {source}" + (f" — {note}" if note else "")
+    show_rate, show_metrics, show_updated = width >= 92, width >= 112, width >= 124
+    show_model, show_experiment = width >= 148, width >= 166
     table = Table(title=title, title_justify="left", expand=False, header_style="bold")
-    table.add_column("Run", no_wrap=True, overflow="ellipsis", max_width=28)
-    table.add_column("Experiment", overflow="ellipsis", max_width=20, no_wrap=True)
-    table.add_column("Model", overflow="ellipsis", max_width=24, no_wrap=True)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Progress", no_wrap=True)
-    table.add_column("Samples", justify="right", no_wrap=True)
-    table.add_column("ETA", justify="right", no_wrap=True)
-    table.add_column("Rate/min", justify="right", no_wrap=True)
-    table.add_column("Metrics", overflow="fold")
-    table.add_column("Updated", justify="right", no_wrap=True)
+    table.add_column("Run", no_wrap=True, overflow="ellipsis", max_width=24 if width >= 100 else 16)
+    if show_experiment:
+        table.add_column("Experiment", overflow="ellipsis", max_width=16, no_wrap=True)
+    if show_model:
+        table.add_column("Model", overflow="ellipsis", max_width=20, no_wrap=True)
+    table.add_column("Status", no_wrap=True, min_width=9)
+    table.add_column("Progress", no_wrap=True, min_width=6)
+    table.add_column("Samples", justify="right", no_wrap=True, min_width=7)
+    table.add_column("ETA", justify="right", no_wrap=True, min_width=6)
+    if show_rate:
+        table.add_column("/min", justify="right", no_wrap=True, min_width=6)
+    if show_metrics:
+        table.add_column("Metric means", overflow="fold", min_width=20)
+    if show_updated:
+        table.add_column("Updated", justify="right", no_wrap=True, min_width=8)
     for run in runs:
         status = run.get("status") or "?"
-        label = Text(status, style=STATUS_STYLES.get(status, ""))
-        if run.get("stalled"):
-            label.append(" (stalled)", style="bold red")
+        if run.get("stalled") and status == "in_progress":
+            label = Text("stalled", style="bold yellow")
+        else:
+            label = Text(status, style=STATUS_STYLES.get(status, ""))
         progress = run.get("progress")
         pct = "" if progress is None else f"{progress * 100:5.1f}%"
         if status == "in_progress" and progress is not None:
             bar = Table.grid(padding=(0, 1))
-            bar.add_row(ProgressBar(total=1.0, completed=progress, width=16), pct)
+            bar.add_row(ProgressBar(total=1.0, completed=progress, width=8), pct)
             cell: Any = bar
         else:
             cell = pct
         done, expected = samples_done(run), run.get("expected_samples")
-        samples = f"{done} / {expected}" if done is not None else (str(run.get("num_samples", "")) or "")
+        samples = f"{done}/{expected}" if done is not None else (str(run.get("num_samples", "")) or "")
         rate = throughput_per_minute(run)
-        table.add_row(short_id(run["run_id"]), run.get("experiment_id") or "", run.get("model") or "",
-                      label, cell, samples, human_duration(eta_seconds(run)),
-                      "" if rate is None else f"{rate:.1f}", metric_means(run), ago(run.get("updated_at")))
+        row = [short_id(run["run_id"])]
+        if show_experiment:
+            row.append(run.get("experiment_id") or "")
+        if show_model:
+            row.append(run.get("model") or "")
+        row += [label, cell, samples, human_duration(eta_seconds(run))]
+        if show_rate:
+            row.append("" if rate is None else f"{rate:.1f}")
+        if show_metrics:
+            row.append(metric_means(run))
+        if show_updated:
+            row.append(ago(run.get("updated_at")))
+        table.add_row(*row)
     return table
 
 
@@ -305,7 +325,8 @@ async def watch_table(watcher: Watcher, console: Any, source: str) -> None:
     from rich.live import Live
 
     def render() -> Any:
-        return render_table(watcher.runs.values(), source=source, note=watcher.note or "watching, Ctrl-C to quit")
+        return render_table(watcher.runs.values(), source=source, note=watcher.note or "watching, Ctrl-C to quit",
+                            width=console.width)
 
     with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
         async def tick() -> None:  # ETAs and "… ago" move without events too
@@ -341,7 +362,8 @@ def run_status(url: str, *, api_key: Optional[str], watch: bool, as_json: bool) 
             if as_json:
                 sys.stdout.write(json.dumps(runs, indent=2) + "\n")
             else:
-                Console(highlight=False).print(render_table(runs, source=base))
+                console = Console(highlight=False)
+                console.print(render_table(runs, source=base, width=console.width))
             return 0
         watcher = Watcher(base, api_key, runs)
         if as_json:
