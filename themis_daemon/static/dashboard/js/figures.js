@@ -68,7 +68,7 @@ export function relativeTime(date, now = Date.now()) {
 }
 
 const LOCAL = new Intl.DateTimeFormat(undefined, {
-  year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
+  year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
 });
 
 /** The time in the browser's own zone. */

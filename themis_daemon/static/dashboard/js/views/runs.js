@@ -11,7 +11,7 @@ const filters = { status: "", experiment: "", source: "", search: "" };
 const sortState = { key: "created", dir: "desc" };
 const REFRESH_MS = 10_000; // relative times and ETAs move without events too
 
-const NUMBER_SORT = { progress: true, samples: true, duration: true, rate: true, created: true };
+const NUMBER_SORT = { progress: true, samples: true, duration: true, created: true };
 const SORTS = {
   run: (r) => r.run_id,
   source: (r) => [r.format, r.source].filter(Boolean).join(" ") || null,
@@ -21,7 +21,6 @@ const SORTS = {
   progress: (r) => r.progress,
   samples: (r) => samplesDone(r) ?? r.num_samples,
   duration: (r) => elapsedSeconds(r),
-  rate: (r) => throughput(r),
   created: (r) => parseTime(r.created_at)?.getTime() ?? null,
 };
 const HEADERS = [
@@ -29,7 +28,7 @@ const HEADERS = [
   ["benchmark", "Benchmark", { title: "Themis 1.x: experiment; Themis 4: benchmark (or dataset)" }],
   ["status", "Status"], ["progress", "Progress", { class: "col-progress" }],
   ["samples", "Samples", { class: "num", title: "samples done (what the progress counts) / expected" }],
-  ["duration", "Duration", { class: "num" }], ["rate", "Samples/min", { class: "num" }],
+  ["duration", "Duration", { class: "num", title: "run time so far, and samples per minute" }],
   [null, "Metric means"], ["created", "Created"],
 ];
 const COLUMNS = HEADERS.length;
@@ -178,8 +177,8 @@ function row(run, now) {
       eta !== null ? h("div", { class: "eta small muted", title: "at the run's average rate so far" }, `ETA ${fmtDuration(eta)}`) : null),
     h("td", { "data-label": "Samples", class: "num" }, samples),
     h("td", { "data-label": "Duration", class: "num col-duration" },
-      elapsed === null ? dash : h("span", { class: "duration" + (run.status === "in_progress" ? " running" : "") }, fmtDuration(elapsed))),
-    h("td", { "data-label": "Samples/min", class: "num col-rate" }, rate === null ? dash : h("span", { class: "rate" }, fmtNum(rate, 1))),
+      elapsed === null ? dash : h("div", { class: "duration" + (run.status === "in_progress" ? " running" : "") }, fmtDuration(elapsed)),
+      rate === null ? null : h("div", { class: "rate small muted", title: "samples per minute" }, `${fmtNum(rate, 1)} /min`)),
     h("td", { "data-label": "Metrics" }, h("div", { class: "metrics" }, metrics.length ? metrics : h("span", { class: "muted" }, "–"))),
     h("td", { "data-label": "Created", class: "col-created" }, timeCell(run.created_at, now)));
 }
