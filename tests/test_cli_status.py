@@ -178,6 +178,50 @@ def test_status_watch_json_prints_events(plain_store):
     assert proc.returncode == 130 and "Traceback" not in proc.stderr.read()
 
 
+def test_status_watch_reconnects_after_a_daemon_restart(plain_store):
+    d = Daemon("--storage", plain_store, "--poll-interval", "0.2")
+    port = d.port
+    proc = subprocess.Popen([PY, "-m", "themis_daemon", "status", "--watch", "--json", "--url",
+                             f"http://127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    d2 = None
+    try:
+        assert json.loads(proc.stdout.readline())["type"] == "runs"
+        assert d.stop() == 0
+        src = os.path.join(plain_store, "experiments", "default", "runs", "fake-direct")
+        shutil.copytree(src, os.path.join(plain_store, "experiments", "default", "runs", "while-down"))
+        d2 = Daemon("--storage", plain_store, "--poll-interval", "0.2", "--port", str(port))
+        # back: the whole list again (with the run written meanwhile), then live events
+        deadline = time.monotonic() + 60
+        resync = None
+        while time.monotonic() < deadline and resync is None:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            event = json.loads(line)
+            if event["type"] == "runs":
+                resync = event
+        assert resync and "while-down" in {r["run_id"] for r in resync["data"]}
+        shutil.copytree(src, os.path.join(plain_store, "experiments", "default", "runs", "after-restart"))
+        while time.monotonic() < deadline:
+            event = json.loads(proc.stdout.readline())
+            if event.get("run_id") == "after-restart":
+                break
+        else:
+            raise AssertionError("no event after the reconnect")
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        if d2 is not None:
+            d2.stop()
+        d.stop()
+    assert proc.returncode == 130, proc.stderr.read()
+
+
 # ------------------------------------------------------------------------------ check-config
 
 def test_check_config_shows_origins_and_masks_secrets(tmp_path, plain_store):

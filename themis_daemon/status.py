@@ -286,8 +286,16 @@ class Watcher:
         return conn
 
     async def follow(self, on_change, on_event=None) -> None:
-        """Apply events until cancelled; a lost connection is re-opened every few seconds."""
+        """Apply events until cancelled; a lost connection is re-opened every few seconds.
+
+        The list is fetched again once subscribed, so nothing between the first fetch and the
+        subscription is missed; `on_event` first gets that list as a `runs` message."""
         conn = await self.connect()
+        runs = await asyncio.get_running_loop().run_in_executor(None, fetch_runs, self.base, self.api_key)
+        self.runs = {r["run_id"]: r for r in runs}
+        if on_event is not None:
+            on_event({"type": "runs", "data": runs})
+        on_change()
         while True:
             message = await conn.read_message()
             if message is None:
@@ -295,6 +303,8 @@ class Watcher:
                 on_change()
                 conn = await self._reconnect()
                 self.note = ""
+                if on_event is not None:  # events were missed: scripts get the whole list again
+                    on_event({"type": "runs", "data": list(self.runs.values())})
                 on_change()
                 continue
             try:
@@ -367,8 +377,6 @@ def run_status(url: str, *, api_key: Optional[str], watch: bool, as_json: bool) 
             return 0
         watcher = Watcher(base, api_key, runs)
         if as_json:
-            sys.stdout.write(json.dumps({"type": "runs", "data": runs}, separators=(",", ":")) + "\n")
-            sys.stdout.flush()
             asyncio.run(watch_json(watcher))
         else:
             asyncio.run(watch_table(watcher, Console(highlight=False), base))
