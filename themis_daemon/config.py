@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
@@ -240,7 +240,7 @@ def _coerce(raw: str, schema: Mapping[str, Any], name: str) -> Any:
     return raw
 
 
-def environment_names() -> Dict[str, tuple]:
+def environment_names() -> Dict[str, Tuple[str, ...]]:
     """Every THEMIS_* variable that sets something, mapped to its (section, key) path."""
     schema = load_schema("config")
     names: Dict[str, tuple] = {}
@@ -275,24 +275,24 @@ def unknown_environment(environ: Mapping[str, str]) -> List[str]:
 
 
 def from_environ(environ: Mapping[str, str]) -> Dict[str, Any]:
-    """THEMIS_<SECTION>_<KEY> variables, typed after the config schema."""
+    """THEMIS_<SECTION>_<KEY> variables, typed after the config schema; errors name the variable."""
     schema = load_schema("config")
     out: Dict[str, Any] = {}
     for name, path in environment_names().items():
         if name not in environ:
             continue
         if len(path) == 2:
-            key_schema = schema["properties"][path[0]]["properties"][path[1]]
-            out.setdefault(path[0], {})[path[1]] = _coerce(environ[name], key_schema, name)
+            value = _coerce(environ[name], schema["properties"][path[0]]["properties"][path[1]], name)
+            _check({path[0]: {path[1]: value}}, name)
+            out.setdefault(path[0], {})[path[1]] = value
         else:
-            out[path[0]] = _coerce(environ[name], schema["properties"][path[0]], name)
-    for name, path in environment_names().items():  # name the variable, not the key, on errors
-        if name in environ:
-            _check({path[0]: out[path[0]]} if len(path) == 1 else {path[0]: {path[1]: out[path[0]][path[1]]}}, name)
+            value = _coerce(environ[name], schema["properties"][path[0]], name)
+            _check({path[0]: value}, name)
+            out[path[0]] = value
     return out
 
 
-def _leaves(doc: Mapping[str, Any]) -> List[tuple]:
+def _leaves(doc: Mapping[str, Any]) -> List[Tuple[str, ...]]:
     """The (section, key) or (section,) paths a layer sets."""
     out = []
     for section, value in doc.items():
@@ -310,7 +310,7 @@ def load_settings(config_file: Optional[str] = None, *, environ: Optional[Mappin
 
 
 def load_settings_with_origins(config_file: Optional[str] = None, *, environ: Optional[Mapping[str, str]] = None,
-                               overrides: Optional[Mapping[str, Any]] = None) -> tuple:
+                               overrides: Optional[Mapping[str, Any]] = None) -> Tuple[Settings, Dict[str, str]]:
     """Settings, and where each setting came from: `{"server.port": "env THEMIS_SERVER_PORT"}`;
     settings no layer set are "default". Origins are `default`, `file PATH`, `env NAME`, `flag`."""
     environ = os.environ if environ is None else environ
