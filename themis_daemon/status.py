@@ -320,10 +320,13 @@ class Watcher:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(2.0)
+            conn = None
             try:
                 conn = await self.connect()
                 runs = await loop.run_in_executor(None, fetch_runs, self.base, self.api_key)
             except StatusError as exc:
+                if conn is not None:
+                    conn.close()
                 if exc.code == EXIT_AUTH:
                     raise
                 continue
