@@ -35,6 +35,7 @@ from .logs import setup_logging
 log = logging.getLogger("themis_daemon")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+BODY_LIMIT_BACKSTOP = 1 << 40  # the HTTP server's own limit; the real one is checked by the application
 
 
 # ------------------------------------------------------------------------------------ demo mode
@@ -254,7 +255,8 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
     app = create_app(settings=settings, autoreload=reload)
     daemon = app.settings["daemon"]
     server = DrainingHTTPServer(
-        app, xheaders=settings.server.xheaders, max_body_size=settings.server.max_body_size,
+        # The body limit is the application's (a JSON 413, also for chunked bodies; app.py).
+        app, xheaders=settings.server.xheaders, max_body_size=BODY_LIMIT_BACKSTOP,
         idle_connection_timeout=settings.server.idle_connection_timeout,
     )
     addrs = describe_sockets(sockets)

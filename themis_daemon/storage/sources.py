@@ -13,6 +13,7 @@ import re
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from ..jsonutil import escape_text
 from .base import NotAStore, RefreshResult, RunNotFound, settle_long_lived
 
 log = logging.getLogger("themis_daemon.storage")
@@ -213,6 +214,11 @@ class Sources:
                 return matches[0]
             if len(matches) > 1:
                 raise AmbiguousRun(ref, len(matches))
+        if "%" in ref or "\ufffd" in ref:
+            # A folder name that is not valid UTF-8 is served escaped (jsonutil.escape_text).
+            for run_id in self._index:
+                if not run_id.isascii() and escape_text(run_id) == ref:
+                    return run_id
         raise RunNotFound(ref)
 
     def get(self, run_id: str) -> Any:

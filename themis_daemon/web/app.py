@@ -116,42 +116,55 @@ def route_modules() -> List[Any]:
 
 
 class _BodyLimit(tornado.httputil.HTTPMessageDelegate):
-    """Answers 413 from the headers alone, so an oversized body is never buffered.
+    """Answers 413 as JSON for a body over `server.max_body_size`, so it is never buffered.
 
-    Tornado's own max_body_size answers a bare 400; this keeps the JSON error contract. After
-    the response Tornado closes the connection instead of reading the rest of the body.
+    A declared Content-Length is refused from the headers alone; a chunked body is counted as
+    it arrives and refused once it passes the limit (the HTTP server's own limit is set far
+    above, as it answers a bare 400). After the 413 Tornado closes the connection instead of
+    reading the rest of the body.
     """
 
     def __init__(self, inner: tornado.httputil.HTTPMessageDelegate, conn: Any, app: "ThemisApplication"):
         self.inner, self.conn, self.app = inner, conn, app
         self.rejected = False
+        self.started = False
+        self.received = 0
+        self.limit = 0
+
+    def _reject(self, detail: str) -> None:
+        self.rejected = True
+        body = jsonutil.dumpb(problem(413, detail))
+        self.conn.write_headers(
+            tornado.httputil.ResponseStartLine("HTTP/1.1", 413, "Payload Too Large"),
+            tornado.httputil.HTTPHeaders({"Content-Type": "application/problem+json",
+                                          "Content-Length": str(len(body)), "Connection": "close"}),
+            body)
+        self.conn.finish()
 
     def headers_received(self, start_line, headers):
-        limit = self.app.settings["daemon"].settings.server.max_body_size
+        self.limit = limit = self.app.settings["daemon"].settings.server.max_body_size
         length = headers.get("Content-Length", "")
         if length.isdigit() and int(length) > limit:
-            self.rejected = True
-            body = jsonutil.dumpb(problem(413, f"Request body too large: {length} bytes, the limit is {limit}"))
-            self.conn.write_headers(
-                tornado.httputil.ResponseStartLine("HTTP/1.1", 413, "Payload Too Large"),
-                tornado.httputil.HTTPHeaders({"Content-Type": "application/problem+json",
-                                              "Content-Length": str(len(body)), "Connection": "close"}),
-                body)
-            self.conn.finish()
+            self._reject(f"Request body too large: {length} bytes, the limit is {limit}")
             return None
+        self.started = True
         return self.inner.headers_received(start_line, headers)
 
     def data_received(self, chunk):
-        if not self.rejected:
-            return self.inner.data_received(chunk)
-        return None
+        if self.rejected:
+            return None
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self._reject(f"Request body too large: more than {self.limit} bytes (chunked), the limit is {self.limit}")
+            return None
+        return self.inner.data_received(chunk)
 
     def finish(self) -> None:
         if not self.rejected:
             self.inner.finish()
 
     def on_connection_close(self) -> None:
-        if not self.rejected:
+        if self.started:
             self.inner.on_connection_close()
 
 

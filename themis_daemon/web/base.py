@@ -6,7 +6,6 @@ import fnmatch
 import hashlib
 import hmac
 import http.client
-import json
 import logging
 import re
 import uuid
@@ -181,9 +180,12 @@ class BaseHandler(tornado.web.RequestHandler):
         ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype.startswith("multipart/"):
             raise ApiError(415, f"Unsupported content type {ctype!r}: send application/json")
+        body = self.request.body
+        if not body or not body.strip():
+            raise ApiError(400, "Invalid JSON body: the body is empty")
         try:
-            return json.loads(self.request.body or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
+            return jsonutil.loads_strict(body)
+        except jsonutil.InvalidJSON as exc:
             raise ApiError(400, f"Invalid JSON body: {exc}") from None
 
     def query_int(self, name: str, default: Optional[int], minimum: int = 0,

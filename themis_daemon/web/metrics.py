@@ -43,7 +43,8 @@ class DaemonCollector:
         for key, help_text in (("events_published", "Run events published"), ("events_sent", "Run events sent to clients"),
                                ("events_dropped", "Progress events dropped for slow clients"),
                                ("events_coalesced", "Progress events replaced by newer ones"),
-                               ("clients_disconnected_slow", "Clients disconnected for not reading")):
+                               ("clients_disconnected_slow", "Clients disconnected for not reading"),
+                               ("clients_closed_on_error", "Clients closed (code 1011) after a failed send")):
             yield CounterMetricFamily(f"themis_ws_{key}", help_text, value=hub.stats[key])
         yield CounterMetricFamily("themis_poll_ticks", "Storage polls done", value=d.monitor.ticks)
         yield GaugeMetricFamily("themis_poll_last_duration_seconds", "Duration of the last storage poll",

@@ -44,7 +44,7 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
     async def get(self) -> None:
         statuses = self._statuses()
         experiment = self.get_query_argument("experiment_id", None)
-        sort = self.get_query_argument("sort", "-created_at") or "-created_at"
+        sort = self.get_query_argument("sort", "-created_at")
         field = sort[1:] if sort.startswith("-") else sort
         if field not in SORT_KEYS:
             raise ApiError(400, f"Unknown sort key {sort!r}; use one of {', '.join(SORT_KEYS)} (prefix '-' for descending)")
