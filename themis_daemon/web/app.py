@@ -81,6 +81,9 @@ class Daemon:
         self.cache = BodyCache()
         self.api_keys: List[str] = settings.api_keys()
         self._started = False
+        # Set once a stop begins: long jobs (comparisons) check it and give up.
+        self.stopping = False
+        self.jobs = {"compare_running": 0, "compare_cancelled": 0}
 
     def ensure_started(self) -> None:
         """Start polling on the running IOLoop; idempotent, called by serve and first requests."""
@@ -103,6 +106,7 @@ class Daemon:
         self.monitor.stalled_after = settings.monitor.stalled_after
 
     def close(self) -> None:
+        self.stopping = True
         self.monitor.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.storage_executor.shutdown(wait=False, cancel_futures=True)

@@ -46,6 +46,9 @@ class DaemonCollector:
                                ("clients_disconnected_slow", "Clients disconnected for not reading"),
                                ("clients_closed_on_error", "Clients closed (code 1011) after a failed send")):
             yield CounterMetricFamily(f"themis_ws_{key}", help_text, value=hub.stats[key])
+        yield GaugeMetricFamily("themis_compare_running", "Comparisons being computed", value=d.jobs["compare_running"])
+        yield CounterMetricFamily("themis_compare_cancelled", "Comparisons cancelled (client gone or server stopping)",
+                                  value=d.jobs["compare_cancelled"])
         yield CounterMetricFamily("themis_poll_ticks", "Storage polls done", value=d.monitor.ticks)
         yield GaugeMetricFamily("themis_poll_last_duration_seconds", "Duration of the last storage poll",
                                 value=d.monitor.last_tick_duration)
