@@ -150,6 +150,15 @@ def _path_of(error) -> str:
     return ".".join(parts) or "<root>"
 
 
+# Settings whose values are secrets (or may carry one, as a URL's password): an error about
+# them names the rule the value breaks, never the value.
+SECRET_KEYS = ("auth.api_keys", "storage.path", "storage.url", "storage.sources")
+
+
+def is_secret(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in SECRET_KEYS) or "password" in key.lower()
+
+
 def _check(doc: Mapping[str, Any], source: str) -> None:
     errors = validation_errors("config", doc)
     if errors:
@@ -157,7 +166,12 @@ def _check(doc: Mapping[str, Any], source: str) -> None:
         key = _path_of(err)
         if err.validator == "additionalProperties":
             raise ConfigError(f"{source}: unknown key '{key}'")
-        raise ConfigError(f"{source}: invalid value for '{key}': {err.message}")
+        message, hidden = err.message, ""
+        if is_secret(key):
+            shown = repr(err.instance)
+            message = message.replace(shown, "the value") if shown in message else f"breaks the rule '{err.validator}'"
+            hidden = " (not shown)"
+        raise ConfigError(f"{source}: invalid value for '{key}'{hidden}: {message}")
 
 
 def _merge(base: Dict[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
@@ -195,6 +209,10 @@ def read_file(path: str) -> Dict[str, Any]:
 
 
 def _coerce(raw: str, schema: Mapping[str, Any], name: str) -> Any:
+    if is_secret(name.lower().replace("themis_", "", 1).replace("_", ".", 1)):
+        raw_shown = "(not shown)"
+    else:
+        raw_shown = repr(raw)
     types = schema.get("type")
     types = [types] if isinstance(types, str) else list(types or [])
     if "null" in types and raw.strip().lower() in ("", "null", "none"):
@@ -207,17 +225,17 @@ def _coerce(raw: str, schema: Mapping[str, Any], name: str) -> Any:
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{name}: invalid value {raw!r}: expected true or false")
+        raise ConfigError(f"{name}: invalid value {raw_shown}: expected true or false")
     if "integer" in types:
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(f"{name}: invalid value {raw!r}: expected an integer") from None
+            raise ConfigError(f"{name}: invalid value {raw_shown}: expected an integer") from None
     if "number" in types:
         try:
             return float(raw)
         except ValueError:
-            raise ConfigError(f"{name}: invalid value {raw!r}: expected a number") from None
+            raise ConfigError(f"{name}: invalid value {raw_shown}: expected a number") from None
     return raw
 
 

@@ -20,7 +20,7 @@ from ..config import Settings, settings_from_kwargs
 from ..monitor import Monitor
 from ..storage import Sources, open_sources
 from . import health, metrics, runs
-from .base import NotFoundHandler, problem
+from .base import NotFoundHandler, Tickets, problem
 
 log = logging.getLogger("themis_daemon")
 
@@ -80,6 +80,7 @@ class Daemon:
                                publish=hub.publish if hub is not None else None, **monitor_kwargs)
         self.cache = BodyCache()
         self.api_keys: List[str] = settings.api_keys()
+        self.tickets = Tickets()
         self._started = False
         # Set once a stop begins: long jobs (comparisons) check it and give up.
         self.stopping = False

@@ -95,7 +95,7 @@ class Metrics:
             handler.request.remote_ip, duration * 1000, request_id(handler))
 
 
-_SECRET_PARAMS = re.compile(r"([?&](?:token|api_key|apikey|key|password)=)[^&#]*", re.IGNORECASE)
+_SECRET_PARAMS = re.compile(r"([?&](?:token|ticket|api_key|apikey|key|password)=)[^&#]*", re.IGNORECASE)
 
 
 def redact_uri(uri: str) -> str:

@@ -191,7 +191,13 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def prepare(self) -> None:
         # Refusals happen here, before the upgrade, with a JSON body and a real status code.
         self.daemon.ensure_started()
-        BaseHandler.check_api_key(self, allow_query=True)
+        ticket = self.get_query_argument("ticket", None)
+        if ticket is not None and self.daemon.api_keys:
+            if not self.daemon.tickets.redeem(ticket, self.daemon.api_keys):
+                raise ApiError(403, "Invalid, expired or already used WebSocket ticket; "
+                                    "get a new one with POST /api/ws-ticket")
+        else:
+            BaseHandler.check_api_key(self, allow_query=True)
         hub = self.daemon.hub
         if len(hub.clients) >= self.daemon.settings.websocket.max_connections:
             raise ApiError(503, "Too many WebSocket connections")
@@ -294,6 +300,17 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.reply({"type": "unsubscribed", "run_id": msg["run_id"]})
 
 
+class WsTicketHandler(BaseHandler):
+    """POST /api/ws-ticket: a single-use ticket, valid for 30 s, to open /ws?ticket=... from a
+    browser, which cannot set headers on a WebSocket (the key stays out of URLs and logs)."""
+
+    def post(self) -> None:
+        ticket = self.daemon.tickets.issue(self.daemon.api_keys)
+        self.set_header("Cache-Control", "no-store")
+        self.write_json({"ticket": ticket, "expires_in": int(self.daemon.tickets.TTL)}, 201)
+
+
 default_handlers = [
     (r"/ws", WebSocketHandler),
+    (r"/api/ws-ticket", WsTicketHandler),
 ]
