@@ -61,6 +61,7 @@ class StorageSettings:
 class MonitorSettings:
     poll_interval: float = 1.0
     stalled_after: Optional[float] = 300.0
+    stuck_after_polls: int = 30
 
 
 @dataclass

@@ -77,6 +77,7 @@ class Daemon:
         self.monitor = Monitor(self.store, self.storage_executor,
                                poll_interval=settings.monitor.poll_interval,
                                stalled_after=settings.monitor.stalled_after,
+                               stuck_after_polls=settings.monitor.stuck_after_polls,
                                publish=hub.publish if hub is not None else None, **monitor_kwargs)
         self.cache = BodyCache()
         self.api_keys: List[str] = settings.api_keys()
@@ -105,6 +106,7 @@ class Daemon:
         if settings.monitor.poll_interval != self.monitor.poll_interval:
             self.monitor.set_poll_interval(settings.monitor.poll_interval)
         self.monitor.stalled_after = settings.monitor.stalled_after
+        self.monitor.stuck_after_polls = settings.monitor.stuck_after_polls
 
     def close(self) -> None:
         self.stopping = True

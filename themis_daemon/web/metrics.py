@@ -29,7 +29,7 @@ class DaemonCollector:
         runs = GaugeMetricFamily("themis_runs", "Runs in the storage by status", labels=["status"])
         counts: dict = {}
         errors = 0
-        for s in d.store.summaries():
+        for s in d.monitor.plain_summaries():  # the last poll's: a scrape never waits on the storage
             counts[s["status"]] = counts.get(s["status"], 0) + 1
             errors += 1 if s.get("error") else 0
         base = ("pending", "in_progress", "completed", "failed", "cancelled")
@@ -49,6 +49,11 @@ class DaemonCollector:
         yield GaugeMetricFamily("themis_compare_running", "Comparisons being computed", value=d.jobs["compare_running"])
         yield CounterMetricFamily("themis_compare_cancelled", "Comparisons cancelled (client gone or server stopping)",
                                   value=d.jobs["compare_cancelled"])
+        running = d.monitor.poll_running_for()
+        yield GaugeMetricFamily("themis_poll_running_seconds", "How long the storage poll in flight has been running "
+                                "(0 when none is)", value=running or 0.0)
+        yield GaugeMetricFamily("themis_poll_stuck", "1 while a storage poll has run longer than "
+                                "monitor.stuck_after_polls intervals", value=1 if d.monitor.stuck() else 0)
         yield CounterMetricFamily("themis_poll_ticks", "Storage polls done", value=d.monitor.ticks)
         yield GaugeMetricFamily("themis_poll_last_duration_seconds", "Duration of the last storage poll",
                                 value=d.monitor.last_tick_duration)

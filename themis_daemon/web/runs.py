@@ -52,7 +52,7 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
         offset = self.query_int("offset", 0, 0)
         await self.daemon.monitor.ensure_fresh()
         store, monitor = self.daemon.store, self.daemon.monitor
-        key = ("runs", store.generation, monitor.stall_generation, statuses, experiment, sort, limit, offset)
+        key = ("runs", monitor.generation, monitor.stall_generation, statuses, experiment, sort, limit, offset)
         hit = self.daemon.cache.get(key)
         if hit is None:
             items: List[Dict[str, Any]] = monitor.summaries()

@@ -290,10 +290,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                             "message": f"events after seq {since} are no longer buffered; replay starts at {oldest}"})
             for ev in events:
                 self.reply(ev)
-        store = self.daemon.store
-        if run_id != ALL and run_id in store:
-            self.reply({"type": "run_state", "run_id": run_id,
-                        "data": self.daemon.monitor.annotate(store.summary(run_id))})
+        summary = self.daemon.monitor.summary(run_id) if run_id != ALL else None
+        if summary is not None:
+            self.reply({"type": "run_state", "run_id": run_id, "data": summary})
 
     def handle_unsubscribe(self, msg: Dict[str, Any]) -> None:
         self.client.subscriptions.discard(msg["run_id"])
