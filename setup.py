@@ -33,6 +33,8 @@ TEST_REQUIRES = [
     "playwright>=1.40",
     # the PostgreSQL reader's tests (tests/test_pg_reader.py, against Debian's postgresql server)
     "psycopg[binary]>=3.1",
+    # property-based tests of the live API against its own /openapi.json (tests/test_schemathesis.py)
+    "schemathesis>=4.0",
 ]
 
 setup(

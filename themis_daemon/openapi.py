@@ -182,7 +182,8 @@ def _paths() -> Dict[str, Any]:
             "parameters": [
                 {"name": "status", "in": "query", "required": False, "style": "form", "explode": False,
                  "description": "One or several statuses, comma-separated (the parameter may also repeat).",
-                 "schema": {"type": "array", "items": {"type": "string", "enum": list(STATUSES) + ["unknown"]}}},
+                 "schema": {"type": "array", "minItems": 1,
+                            "items": {"type": "string", "enum": list(STATUSES) + ["unknown"]}}},
                 {"name": "experiment_id", "in": "query", "required": False, "schema": {"type": "string"}},
                 {"name": "sort", "in": "query", "required": False,
                  "description": "Sort key; `-` prefix for descending.",

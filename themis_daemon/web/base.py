@@ -247,7 +247,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def query_int(self, name: str, default: Optional[int], minimum: int = 0,
                   maximum: Optional[int] = None) -> Optional[int]:
         raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
+        if raw is None:
             return default
         try:
             value = int(raw, 10)
@@ -260,7 +260,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def query_bool(self, name: str, default: bool) -> bool:
         raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
+        if raw is None:
             return default
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):

@@ -75,10 +75,14 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
         raw = self.get_query_arguments("status")
         if not raw:
             return None
-        wanted = tuple(sorted({p.strip() for r in raw for p in r.split(",") if p.strip()}))
+        parts = [p.strip() for r in raw for p in r.split(",")]
+        if "" in parts:
+            raise ApiError(400, f"Query parameter 'status' has an empty value; use one or several of "
+                                f"{', '.join(STATUSES + ('unknown',))}, comma-separated")
+        wanted = tuple(sorted(set(parts)))
         bad = [s for s in wanted if s not in STATUSES + ("unknown",)]
         if bad:
-            raise ApiError(400, f"Unknown status {bad[0]!r}; use one of {', '.join(STATUSES)}")
+            raise ApiError(400, f"Unknown status {bad[0]!r}; use one of {', '.join(STATUSES + ('unknown',))}")
         return wanted or None
 
 
