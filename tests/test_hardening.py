@@ -290,3 +290,17 @@ async def test_a_failed_send_closes_that_connection_with_1011(base_url, daemon):
     assert await ws_recv(good) == {"type": "pong"}
     assert daemon.hub.stats["clients_closed_on_error"] == 1
     good.close()
+
+
+def test_body_cache_drops_bodies_of_older_versions():
+    from themis_daemon.web.app import BodyCache
+
+    cache = BodyCache(max_bytes=10_000)
+    for version in range(50):
+        for page in range(3):
+            cache.put(("run", "a", version, page), (b"x" * 100, "etag"), group=("run", "a"), version=version)
+        cache.put(("runs", version), (b"y" * 100, "etag", 1), group="runs", version=version)
+    assert cache._size == 4 * 100 and len(cache._items) == 4
+    assert cache.get(("run", "a", 49, 2)) is not None and cache.get(("run", "a", 48, 2)) is None
+    cache.drop_group(("run", "a"))
+    assert cache._size == 100 and list(cache._items) == [("runs", 49)]

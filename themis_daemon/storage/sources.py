@@ -200,6 +200,8 @@ class Sources:
                         self._logged.add(msg)
                         log.warning("%s", msg)
         self._index = index
+        for run_id in [r for r in self._wrapped if r not in index]:
+            del self._wrapped[run_id]  # a removed run's wrapped summary
 
     # ------------------------------------------------------------------ queries
 

@@ -10,7 +10,7 @@ import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import tornado.httputil
 import tornado.web
@@ -26,13 +26,35 @@ log = logging.getLogger("themis_daemon")
 
 
 class BodyCache:
-    """A small LRU of encoded response bodies, bounded by total bytes."""
+    """A small LRU of encoded response bodies, bounded by total bytes.
+
+    Entries may belong to a group with a version (a run and its version, the list and the
+    store generation): a new version drops the group's older entries at once, so bodies nobody
+    can ask for again do not sit in memory until the byte bound pushes them out.
+    """
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024):
         self.max_bytes = max_bytes
         self._items: "OrderedDict[Any, Tuple]" = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+        self._groups: Dict[Any, Tuple[Any, set]] = {}  # group -> (version, keys)
+        self._group_of: Dict[Any, Any] = {}
+
+    def _drop(self, key: Any) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._size -= len(old[0])
+        group = self._group_of.pop(key, None)
+        if group is not None and group in self._groups:
+            self._groups[group][1].discard(key)
+            if not self._groups[group][1]:
+                del self._groups[group]
+
+    def drop_group(self, group: Any) -> None:
+        with self._lock:
+            for key in list(self._groups.get(group, (None, ()))[1]):
+                self._drop(key)
 
     def get(self, key: Any) -> Optional[Tuple]:
         with self._lock:
@@ -41,19 +63,27 @@ class BodyCache:
                 self._items.move_to_end(key)
             return item
 
-    def put(self, key: Any, value: Tuple) -> None:
+    def put(self, key: Any, value: Tuple, group: Any = None, version: Any = None) -> None:
         size = len(value[0])
         if size > self.max_bytes // 4:
             return
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._size -= len(old[0])
+            if group is not None:
+                current = self._groups.get(group)
+                if current is not None and current[0] != version:
+                    for stale in list(current[1]):
+                        self._drop(stale)
+                    current = None
+                if current is None:
+                    self._groups[group] = current = (version, set())
+            self._drop(key)
             self._items[key] = value
             self._size += size
+            if group is not None:
+                current[1].add(key)
+                self._group_of[key] = group
             while self._size > self.max_bytes and self._items:
-                _, dropped = self._items.popitem(last=False)
-                self._size -= len(dropped[0])
+                self._drop(next(iter(self._items)))
 
 
 class Daemon:
@@ -80,6 +110,8 @@ class Daemon:
                                stuck_after_polls=settings.monitor.stuck_after_polls,
                                publish=hub.publish if hub is not None else None, **monitor_kwargs)
         self.cache = BodyCache()
+        # A removed run's cached bodies can never be asked for again.
+        self.monitor.listeners.append(lambda result: [self.cache.drop_group(("run", r)) for r in result.removed])
         self.api_keys: List[str] = settings.api_keys()
         self.tickets = Tickets()
         self._started = False

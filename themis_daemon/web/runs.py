@@ -66,7 +66,7 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
             page = items[offset:] if limit is None else items[offset:offset + limit]
             body = jsonutil.dumpb(page)
             hit = (body, _etag(body), total)
-            self.daemon.cache.put(key, hit)
+            self.daemon.cache.put(key, hit, group="runs", version=key[1:3])
         body, etag, total = hit
         self.set_header("X-Total-Count", str(total))
         self.send_cached(body, etag)
@@ -105,7 +105,8 @@ class RunHandler(CachedBodyMixin, BaseHandler):
                 raise ApiError(503, f"Run details cannot be read right now: {exc}",
                                headers={"Retry-After": "1"}) from None
             hit = (body, _etag(body))
-            self.daemon.cache.put(("run", run_id, version, stalled, page), hit)
+            self.daemon.cache.put(("run", run_id, version, stalled, page), hit, group=("run", run_id),
+                                  version=(version, stalled))
         self.send_cached(*hit)
 
     def _render(self, run_id: str, stalled: bool, page: Tuple[int, Optional[int], bool]) -> Tuple[bytes, int]:
