@@ -212,6 +212,20 @@ def run_async(coro, timeout=30):
     return asyncio.run(bounded())
 
 
+def workers_of(pid):
+    """Children of a `--workers N` main process except its event poller (named themis-poller)."""
+    out = set()
+    for child in children_of(pid):
+        try:
+            with open(f"/proc/{child}/comm") as fh:
+                if fh.read().strip() == "themis-poller":
+                    continue
+        except OSError:
+            continue
+        out.add(child)
+    return out
+
+
 def children_of(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
@@ -479,8 +493,9 @@ def test_workers_share_the_port_and_stop_on_sigterm(plain_store, tmp_path, notif
         # READY=1 once, from the main process, after both workers reported ready.
         _, pid, ready = notify_socket.wait_for("READY", "1", timeout=30)
         assert pid == d.proc.pid and "2/2 workers ready" in ready["STATUS"]
-        workers = children_of(d.proc.pid)
+        workers = workers_of(d.proc.pid)
         assert len(workers) == 2, workers
+        assert len(children_of(d.proc.pid)) == 3  # and the one event poller
         for _ in range(6):
             status, runs = d.get("/api/runs")
             assert status == 200 and len(runs) == 5
@@ -499,7 +514,7 @@ def test_workers_share_the_port_and_stop_on_sigterm(plain_store, tmp_path, notif
         # A worker that dies is replaced.
         victim = sorted(workers)[0]
         os.kill(victim, signal.SIGKILL)
-        assert wait_until(lambda: len(children_of(d.proc.pid) - {victim}) == 2, 60), d.text()
+        assert wait_until(lambda: len(workers_of(d.proc.pid) - {victim}) == 2, 60), d.text()
         workers = children_of(d.proc.pid)
         assert d.get("/healthz")[0] == 200
 
@@ -808,10 +823,10 @@ def test_a_wedged_worker_is_replaced(plain_store):
     try:
         d.wait_log("all 2 workers ready")
         workers = children_of(d.proc.pid)
-        victim = sorted(workers)[0]
+        victim = sorted(workers_of(d.proc.pid))[0]
         os.kill(victim, signal.SIGSTOP)
         d.wait_log(f"(pid {victim}) missed its watchdog pings", timeout=10)
-        assert wait_until(lambda: not alive(victim) and len(children_of(d.proc.pid)) == 2, 60), d.text()
+        assert wait_until(lambda: not alive(victim) and len(workers_of(d.proc.pid)) == 2, 60), d.text()
         workers |= children_of(d.proc.pid)
         assert d.get("/healthz")[0] == 200
         d.signal(signal.SIGTERM)
