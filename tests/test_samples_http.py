@@ -156,6 +156,7 @@ async def test_v1_by_delta_sorts_by_size_of_difference(http_client, base_url):
     ({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "Bogus"}, 404, "Metric 'Bogus' not found"),
     ({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "\x03"}, 404, "not found"),
     ({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "ExactMatch", "kind": "sideways"}, 400, "Unknown kind"),
+    ({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "ExactMatch", "kind": ""}, 400, "Unknown kind"),
     ({"run_a": "fake-direct", "run_b": "fake-direct", "metric": "ExactMatch"}, 400, "same run"),
     ({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "ResponseLength", "kind": "a_only"}, 400,
      "needs a 0/1 metric"),
@@ -251,6 +252,8 @@ async def test_download_errors(http_client, base_url):
     resp, body = await get(http_client, base_url, "/api/runs/nope/samples", format="csv")
     assert resp.code == 404 and "Run not found: nope" in body["detail"]
     resp, body = await get(http_client, base_url, "/api/runs/fake-direct/samples", format="xlsx")
+    assert resp.code == 400 and "Unknown format" in body["detail"]
+    resp, body = await get(http_client, base_url, "/api/runs/fake-direct/samples", format="")
     assert resp.code == 400 and "Unknown format" in body["detail"]
 
 

@@ -50,7 +50,7 @@ class CompareSamplesHandler(_RunLookup, BaseHandler):
             if value is None or value == "":
                 raise ApiError(400, f"Query parameter '{name}' is required")
             args[name] = value
-        kind = self.get_query_argument("kind", "by_delta") or "by_delta"
+        kind = self.get_query_argument("kind", "by_delta")  # given but empty: refused below
         if kind not in KINDS:
             raise ApiError(400, f"Unknown kind {kind!r}; use one of {', '.join(KINDS)}", kinds=list(KINDS))
         limit = self.query_int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
@@ -104,7 +104,7 @@ class RunSamplesHandler(_RunLookup, BaseHandler):
     in memory as one body nor keeps the IOLoop busy."""
 
     async def get(self, ref: str) -> None:
-        fmt = self.get_query_argument("format", "jsonl") or "jsonl"
+        fmt = self.get_query_argument("format", "jsonl")  # given but empty: refused below
         if fmt not in FORMATS:
             raise ApiError(400, f"Unknown format {fmt!r}; use csv or jsonl", formats=sorted(FORMATS))
         await self.daemon.monitor.ensure_fresh()
