@@ -475,3 +475,22 @@ def test_dark_mode_on_the_detail_compare_pairs_and_sample_views(opener, v1):
         fg, bg = page.locator(sel).first.evaluate("e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
         assert _relative_luminance(_rgba(bg)[0]) < 0.5 and _contrast(fg, bg) >= 4.5, (sel, fg, bg)
     p.check_clean()
+
+
+def test_lower_is_better_marks_show_before_any_comparison(opener, tmp_path):
+    """The configured compare.lower_is_better marks the metric checkboxes as soon as runs are
+    ticked, before (and without) a comparison."""
+    d = Daemon(copy_store(PLAIN, str(tmp_path / "store")), env={"THEMIS_COMPARE_LOWER_IS_BETTER": "ExactMatch"})
+    try:
+        p = opener(d)
+        posts = []
+        p.page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page = p.goto("/dashboard/#/compare?runs=fake-direct,fake-swapped")
+        expect(page.locator('#compare-metrics input[data-metric="MathVerifyAccuracy"]')).to_be_visible()
+        marked = page.locator("#compare-metrics label.metric-opt:has(.lower-mark)")
+        expect(marked).to_have_count(1)
+        expect(marked.locator("input")).to_have_attribute("data-metric", "ExactMatch")
+        assert posts == []
+        p.check_clean()
+    finally:
+        d.stop()
