@@ -381,8 +381,9 @@ class TestThemis4:
 
     @pytest.mark.gen_test(timeout=60)
     async def test_reads_wait_for_a_committing_writer(self, http_client, base_url, backend, store_root):
-        """A Themis writer holds SQLite's exclusive lock while it commits: a download or a page of
-        pairs asked for at that moment waits for the commit instead of answering 503."""
+        """A Themis writer holds SQLite's exclusive lock while it commits: a run's details, a
+        download or a page of pairs asked for at that moment wait for the commit instead of
+        answering 503."""
         if backend != "sqlite":
             pytest.skip("SQLite locking")
         import sqlite3
@@ -390,7 +391,8 @@ class TestThemis4:
         run_id = ids["flaky"]
         _, detail = await get(http_client, base_url, f"/api/runs/{run_id}")
         loop = asyncio.get_running_loop()
-        for path, params in ((f"/api/runs/{run_id}/samples", {"format": "jsonl"}),
+        for path, params in ((f"/api/runs/{ids['alpha']}", {}),
+                             (f"/api/runs/{run_id}/samples", {"format": "jsonl"}),
                              ("/api/compare/samples", {"run_a": ids["alpha"], "run_b": run_id,
                                                        "metric": "builtin/exact_match", "kind": "by_delta"})):
             writer = sqlite3.connect(store_root, isolation_level=None, timeout=30)
@@ -406,7 +408,9 @@ class TestThemis4:
             resp, raw = await get(http_client, base_url, path, **params)
             assert released.is_set(), "the request was answered while the writer held the lock"
             assert resp.code == 200, raw
-            if "format" in params:
+            if not params:
+                assert raw["samples"]
+            elif "format" in params:
                 assert [json.loads(x) for x in raw.decode("utf-8").splitlines()] == detail["samples"]
             else:
                 assert raw["items"]

@@ -271,7 +271,8 @@ class SqliteReader(EventReader):
         return self._query(sql, args)  # type: ignore[return-value]
 
     def snapshot(self, run_id: str) -> Any:
-        rows = self._query("SELECT CAST(snapshot_json AS BLOB) FROM run_snapshots WHERE run_id = ?", (run_id,))
+        rows = self._patient_query("SELECT CAST(snapshot_json AS BLOB) FROM run_snapshots WHERE run_id = ?",
+                                   (run_id,), ON_DEMAND_ATTEMPTS)
         return rows[0][0] if rows else None
 
     def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
