@@ -234,3 +234,17 @@ async def test_repeated_run_ids_and_too_many_runs_are_refused(http_client, base_
     resp = await http_client.fetch(base_url + "/api/compare", method="POST",
                                    body=json.dumps({"run_ids": three}), raise_error=False)
     assert resp.code == 400 and "compare.max_runs" in json.loads(resp.body)["detail"]
+
+
+@pytest.mark.gen_test
+async def test_get_compare_names_the_configured_defaults(http_client, base_url, daemon):
+    """Clients (the dashboard's metric marks) learn lower-is-better metrics before comparing."""
+    resp = await http_client.fetch(base_url + "/api/compare")
+    body = json.loads(resp.body)
+    assert resp.code == 200 and resp.headers["Content-Type"].startswith("application/json")
+    conf = daemon.settings.compare
+    assert body == {"default_test": conf.default_test, "correction": conf.correction, "n_resamples": conf.n_resamples,
+                    "max_runs": conf.max_runs, "lower_is_better": ["ResponseLength"]}
+    daemon.settings.compare.lower_is_better = ["ExactMatch", "ResponseLength"]  # as after a reload
+    body = json.loads((await http_client.fetch(base_url + "/api/compare")).body)
+    assert body["lower_is_better"] == ["ExactMatch", "ResponseLength"]

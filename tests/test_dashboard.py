@@ -190,7 +190,7 @@ def test_swagger_ui_renders_offline(open_page):
     p = open_page()
     page = p.goto("/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("Themis daemon API")
-    expect(page.locator('.opblock-summary-path[data-path="/api/compare"]')).to_be_visible()
+    expect(page.locator('.opblock-post .opblock-summary-path[data-path="/api/compare"]')).to_be_visible()
     paths = page.locator(".opblock-summary-path").all_inner_texts()
     for path in ("/api/runs", "/api/runs/{run_id}", "/ws", "/openapi.json", "/healthz", "/api/compare/samples",
                  "/api/runs/{run_id}/samples"):

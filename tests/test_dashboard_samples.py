@@ -407,3 +407,90 @@ def test_new_views_fit_a_narrow_screen(opener, v1):
         assert overflow <= 1, f"{path} is {overflow}px wider than the screen"
     shot(p, "sample-narrow.png")
     p.check_clean()
+
+
+# ------------------------------------------------------------------------------ dark mode
+
+# Every painted background on the page, with the element it belongs to (visible elements only).
+BACKGROUNDS = """() => [...document.querySelectorAll('body *')]
+    .filter((e) => e.getClientRects().length)
+    .map((e) => [e.tagName.toLowerCase() + (e.className && typeof e.className === 'string' ? '.' + e.className.trim().replace(/\\s+/g, '.') : ''),
+                 getComputedStyle(e).backgroundColor, getComputedStyle(e).color])"""
+
+
+def _rgba(css_color):
+    parts = [float(x) for x in css_color[css_color.index("(") + 1:-1].replace("/", ",").split(",")]
+    return parts[:3], (parts[3] if len(parts) > 3 else 1.0)
+
+
+def _relative_luminance(rgb):
+    def channel(c):
+        c /= 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+    r, g, b = (channel(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _contrast(fg, bg):
+    hi, lo = sorted((_relative_luminance(_rgba(fg)[0]), _relative_luminance(_rgba(bg)[0])), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def light_patches(page):
+    """Backgrounds that stay light (a light theme's colour) on a dark page."""
+    out = []
+    for el, bg, _ in page.evaluate(BACKGROUNDS):
+        rgb, alpha = _rgba(bg)
+        if alpha >= 0.5 and _relative_luminance(rgb) > 0.5:
+            out.append((el, bg))
+    return out
+
+
+def test_dark_mode_on_the_detail_compare_pairs_and_sample_views(opener, v1):
+    p = opener(v1, height=1000)
+    p.page.emulate_media(color_scheme="dark")
+    q = urllib.parse.urlencode({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "ExactMatch", "kind": "a_only"})
+    views = (("/dashboard/#/runs/fake-swapped", "#samples-table tbody tr"),
+             ("/dashboard/#/compare?runs=fake-direct,fake-swapped&test=auto&run=1", "#pairwise-table td.samples-cell a"),
+             ("/dashboard/#/compare/samples?" + q, "#pair-list del.diff-del"),
+             ("/dashboard/#/runs/fake-swapped/samples/q06", "#sample-scores"))
+    for path, ready in views:
+        page = p.goto(path)
+        expect(page.locator(ready).first).to_be_visible()
+        assert light_patches(page) == [], path
+        if "compare/samples" in path:
+            # The word diff and the active cell tab stay readable on the dark page.
+            for sel in ("del.diff-del", "ins.diff-add", "#pair-kinds button.active"):
+                fg, bg = page.locator(sel).first.evaluate("e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
+                assert _contrast(fg, bg) >= 4.5, (sel, fg, bg)
+    # Formatted Markdown: inline code and code blocks on a dark chip.
+    page.evaluate("""async () => {
+        const { prettyText } = await import('./js/text.js');
+        const box = prettyText('Some `code` here.\\n\\n```\\nprint(1)\\n```');
+        box.id = 'md-probe';
+        document.querySelector('main').append(box);
+    }""")
+    expect(page.locator("#md-probe .md code").first).to_be_visible()
+    for sel in ("#md-probe .md p code", "#md-probe .md pre.code"):
+        fg, bg = page.locator(sel).first.evaluate("e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
+        assert _relative_luminance(_rgba(bg)[0]) < 0.5 and _contrast(fg, bg) >= 4.5, (sel, fg, bg)
+    p.check_clean()
+
+
+def test_lower_is_better_marks_show_before_any_comparison(opener, tmp_path):
+    """The configured compare.lower_is_better marks the metric checkboxes as soon as runs are
+    ticked, before (and without) a comparison."""
+    d = Daemon(copy_store(PLAIN, str(tmp_path / "store")), env={"THEMIS_COMPARE_LOWER_IS_BETTER": "ExactMatch"})
+    try:
+        p = opener(d)
+        posts = []
+        p.page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page = p.goto("/dashboard/#/compare?runs=fake-direct,fake-swapped")
+        expect(page.locator('#compare-metrics input[data-metric="MathVerifyAccuracy"]')).to_be_visible()
+        marked = page.locator("#compare-metrics label.metric-opt:has(.lower-mark)")
+        expect(marked).to_have_count(1)
+        expect(marked.locator("input")).to_have_attribute("data-metric", "ExactMatch")
+        assert posts == []
+        p.check_clean()
+    finally:
+        d.stop()

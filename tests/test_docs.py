@@ -162,6 +162,8 @@ async def test_real_answers_match_the_documented_schemas(http_client, base_url):
         assert_valid(doc, "RunDetail", detail)
     _, body = await get_json(http_client, base_url, "/api/benchmarks")
     assert_valid(doc, "Benchmarks", body)
+    _, body = await get_json(http_client, base_url, "/api/compare")
+    assert_valid(doc, "CompareDefaults", body)
     resp, body = await get_json(http_client, base_url, "/api/compare", method="POST", headers=JSON, body=json.dumps(
         {"run_ids": ["fake-direct", "fake-terse", "fake-swapped"], "statistical_test": "bootstrap", "n_resamples": 200}))
     assert resp.code == 200

@@ -6,6 +6,7 @@ the Themis 4 event oracle) and cross-checked with the McNemar counts POST /api/c
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -380,6 +381,43 @@ class TestThemis4:
                                         else json.dumps(ref, ensure_ascii=False, sort_keys=True))
             for m, v in s["scores"].items():
                 assert float(row[m]) == v
+
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_reads_wait_for_a_committing_writer(self, http_client, base_url, backend, store_root):
+        """A Themis writer holds SQLite's exclusive lock while it commits: a run's details, a
+        download or a page of pairs asked for at that moment wait for the commit instead of
+        answering 503."""
+        if backend != "sqlite":
+            pytest.skip("SQLite locking")
+        import sqlite3
+        ids = self.ids(backend)
+        run_id = ids["flaky"]
+        _, detail = await get(http_client, base_url, f"/api/runs/{run_id}")
+        loop = asyncio.get_running_loop()
+        for path, params in ((f"/api/runs/{ids['alpha']}", {}),
+                             (f"/api/runs/{run_id}/samples", {"format": "jsonl"}),
+                             ("/api/compare/samples", {"run_a": ids["alpha"], "run_b": run_id,
+                                                       "metric": "builtin/exact_match", "kind": "by_delta"})):
+            writer = sqlite3.connect(store_root, isolation_level=None, timeout=30)
+            writer.execute("BEGIN EXCLUSIVE")
+            released = asyncio.Event()
+
+            def release(w=writer):
+                w.rollback()
+                w.close()
+                released.set()
+
+            loop.call_later(0.6, release)
+            resp, raw = await get(http_client, base_url, path, **params)
+            assert released.is_set(), "the request was answered while the writer held the lock"
+            assert resp.code == 200, raw
+            if not params:
+                assert raw["samples"]
+            elif "format" in params:
+                assert [json.loads(x) for x in raw.decode("utf-8").splitlines()] == detail["samples"]
+            else:
+                assert raw["items"]
 
 
 class TestApiKeys:

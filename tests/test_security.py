@@ -172,8 +172,8 @@ async def test_unknown_methods_meet_the_key_check_first_and_stay_one_label(http_
                                  headers={"X-API-Key": KEYS[0]})
         assert resp.code == 405 and resp.headers["Allow"] == "GET, OPTIONS", body
         assert body["status"] == 405
-    resp, body = await fetch(http_client, base_url + "/api/compare", method="GET", headers={"X-API-Key": KEYS[0]})
-    assert resp.code == 405 and resp.headers["Allow"] == "POST, OPTIONS"
+    resp, body = await fetch(http_client, base_url + "/api/compare", method="PUT", body="{}", headers={"X-API-Key": KEYS[0]})
+    assert resp.code == 405 and resp.headers["Allow"] == "GET, POST, OPTIONS"
     resp = await http_client.fetch(base_url + "/metrics", headers={"X-API-Key": KEYS[0]})
     text = resp.body.decode()
     labels = set(re.findall(r'themis_http_requests_total\{[^}]*method="([^"]+)"', text))

@@ -183,6 +183,40 @@ async def test_a_locked_database_is_retried_not_waited_for(http_client, base_url
     assert run["status"] == "completed" and run["completed_at"] == "2026-12-01T14:00:00Z"
 
 
+
+def test_on_demand_reads_wait_for_a_committing_writer(store_root):
+    """What a detail page reads on demand (the snapshot with the dataset's references, outputs,
+    score details) waits for a writer's commit rather than failing at the first busy answer."""
+    import threading
+    from themis_daemon.storage.themis4.sqlite import SqliteReader
+
+    reader = SqliteReader(store_root)
+    run_id = IDS["alpha"]
+    want = reader.snapshot(run_id)
+    assert want is not None
+    positions = [r[0] for r in reader._query("SELECT id FROM run_events WHERE run_id = ?", (run_id,))]
+    for read in (lambda: reader.snapshot(run_id), lambda: reader.fetch(run_id, positions),
+                 lambda: reader.fetch_outputs(run_id, positions)):
+        conn = sqlite3.connect(store_root, isolation_level=None, timeout=5, check_same_thread=False)
+        conn.execute("BEGIN EXCLUSIVE")
+        released = threading.Event()
+
+        def release(c=conn):
+            c.execute("ROLLBACK")
+            c.close()
+            released.set()
+
+        timer = threading.Timer(0.5, release)
+        timer.start()
+        try:
+            got = read()
+        finally:
+            timer.join(10)
+        assert released.is_set() and got
+    assert reader.snapshot(run_id) == want
+    reader.close()
+
+
 @pytest.mark.gen_test(timeout=90)
 async def test_a_lock_that_lasts_is_reported(http_client, base_url, store_root, daemon):
     await get(http_client, base_url, "/api/runs")

@@ -23,6 +23,7 @@ COMPONENT_FILES = {
     "RunDetail": "responses/run_detail",
     "CompareResult": "responses/compare_result",
     "CompareSamples": "responses/compare_samples",
+    "CompareDefaults": "responses/compare_defaults",
     "Problem": "responses/problem",
     "Health": "responses/health",
     "Benchmarks": "responses/benchmarks",
@@ -240,7 +241,13 @@ def _paths() -> Dict[str, Any]:
                 },
             },
         },
-        "/api/compare": {"post": {
+        "/api/compare": {"get": {
+            "tags": ["compare"], "operationId": "compareDefaults", "summary": "Comparison defaults",
+            "description": "The `compare` settings a request without those keys gets (they follow a reload): "
+                           "the default test and correction, `n_resamples`, `max_runs` and the "
+                           "`lower_is_better` metrics.",
+            "responses": {"200": _json(_ref("CompareDefaults"), "The configured defaults."), **_auth_errors()},
+        }, "post": {
             "tags": ["compare"], "operationId": "compareRuns", "summary": "Compare runs per metric",
             "description": "Paired statistical comparison of two or more runs on their common samples, with "
                            "multiple-comparison correction. Tests: " + ", ".join(f"`{t}`" for t in TESTS) + ".",

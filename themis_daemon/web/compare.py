@@ -25,6 +25,13 @@ class CompareHandler(BaseHandler):
             self._gone.set()
         super().on_connection_close()
 
+    def get(self) -> None:
+        """The configured defaults, so a client can mark lower-is-better metrics before it compares."""
+        conf = self.config.compare
+        self.finish(jsonutil.dumpb({"default_test": conf.default_test, "correction": conf.correction,
+                                    "n_resamples": conf.n_resamples, "max_runs": conf.max_runs,
+                                    "lower_is_better": list(conf.lower_is_better)}))
+
     async def post(self) -> None:
         from ..stats import Cancelled, CompareError, TESTS, compare_runs
 

@@ -21,6 +21,9 @@ from .reader import EventReader, NoExtraction, Poll, Row, Unavailable
 HEADER = b"SQLite format 3\x00"
 REQUIRED_TABLES = {"run_snapshots", "run_events"}
 BUSY_TIMEOUT_S = 0.05  # never wait long for the writer's lock: the next poll retries
+# Reads a user asked for (a run's samples, a download) have no next poll: they wait for a
+# committing writer up to about this many tries of BUSY_TIMEOUT_S + 10 ms (~2 s).
+ON_DEMAND_ATTEMPTS = 40
 # Rows per statement: in rollback-journal mode a writer cannot commit while a read statement
 # runs, so each one is kept to a few milliseconds (about 1.5 KB per Themis event).
 SQLITE_BATCH = 1000
@@ -216,8 +219,9 @@ class SqliteReader(EventReader):
         return {rid: (snaps[rid], mark["tokens"][rid]) for rid in mine if rid in snaps}
 
     def _patient_query(self, sql: str, args: Tuple = (), attempts: int = 200) -> List[tuple]:
-        """A scan worker's statement: a writer's commit holds the lock for a moment, so wait
-        for it a little (bounded) instead of failing the whole first scan."""
+        """A scan worker's or an on-demand statement: a writer's commit holds the lock for a
+        moment, so wait for it a little (bounded) instead of failing the whole first scan, or a
+        download the user just asked for."""
         for attempt in range(attempts):
             try:
                 return self._query(sql, args)
@@ -267,7 +271,8 @@ class SqliteReader(EventReader):
         return self._query(sql, args)  # type: ignore[return-value]
 
     def snapshot(self, run_id: str) -> Any:
-        rows = self._query("SELECT CAST(snapshot_json AS BLOB) FROM run_snapshots WHERE run_id = ?", (run_id,))
+        rows = self._patient_query("SELECT CAST(snapshot_json AS BLOB) FROM run_snapshots WHERE run_id = ?",
+                                   (run_id,), ON_DEMAND_ATTEMPTS)
         return rows[0][0] if rows else None
 
     def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
@@ -292,15 +297,17 @@ class SqliteReader(EventReader):
                 keep = set(wanted)
                 step = 5000  # ids per statement: each one stays a few ms long
                 for low in range(wanted[0], wanted[-1] + 1, step):
-                    rows = self._query(f"{cols} FROM run_events WHERE id >= ? AND id < ? AND run_id = ? AND "
-                                       "event_type IN ('generation_completed', 'reduction_completed')",
-                                       (low, low + step, run_id))
+                    rows = self._patient_query(
+                        f"{cols} FROM run_events WHERE id >= ? AND id < ? AND run_id = ? AND "
+                        "event_type IN ('generation_completed', 'reduction_completed')",
+                        (low, low + step, run_id), ON_DEMAND_ATTEMPTS)
                     yield {pos: (output, conv) for pos, _rid, output, conv in rows if pos in keep}
                 return
             for start in range(0, len(wanted), 500):
                 part = wanted[start:start + 500]
                 marks = ",".join("?" * len(part))
-                rows = self._query(f"{cols} FROM run_events WHERE id IN ({marks})", tuple(part))
+                rows = self._patient_query(f"{cols} FROM run_events WHERE id IN ({marks})", tuple(part),
+                                           ON_DEMAND_ATTEMPTS)
                 yield {pos: (output, conv) for pos, rid, output, conv in rows if rid == run_id}
         except Unavailable as exc:
             if "malformed JSON" in str(exc) or "syntax error" in str(exc):
@@ -313,8 +320,9 @@ class SqliteReader(EventReader):
         for start in range(0, len(wanted), 500):
             part = wanted[start:start + 500]
             marks = ",".join("?" * len(part))
-            for pos, rid, text in self._query(
-                    f"SELECT id, run_id, CAST(event_json AS BLOB) FROM run_events WHERE id IN ({marks})", tuple(part)):
+            for pos, rid, text in self._patient_query(
+                    f"SELECT id, run_id, CAST(event_json AS BLOB) FROM run_events WHERE id IN ({marks})", tuple(part),
+                    ON_DEMAND_ATTEMPTS):
                 if rid == run_id:
                     out[pos] = text
         return out

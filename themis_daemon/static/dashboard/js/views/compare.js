@@ -30,6 +30,11 @@ export function mountCompare(root, params) {
   const alphaInput = h("input", { id: "compare-alpha", type: "number", min: "0.0001", max: "0.5", step: "any", value: params.get("alpha") || "0.05" });
   const chosenMetrics = new Set((params.get("metrics") || "").split(",").map((m) => m.trim()).filter(Boolean));
   const lowerKnown = new Set();
+  // The configured lower-is-better metrics, so their marks show before any comparison.
+  api("api/compare").then(({ data }) => {
+    for (const m of (data && data.lower_is_better) || []) lowerKnown.add(m);
+    renderMetrics();
+  }).catch(() => {});  // no key yet, or an older daemon: the marks come with the first result
   const metricsBox = h("div", { id: "compare-metrics", class: "metric-select", role: "group", "aria-label": "Metrics" });
   const button = h("button", { type: "submit", id: "compare-button" }, "Compare");
   const output = h("div", { id: "compare-output" });

@@ -1,7 +1,7 @@
 // The runs table: format, source, id, model, benchmark, status, progress with ETA, samples,
 // duration and throughput, metric means, creation time; search, filters, sortable columns; live.
 
-import { clear, errorBox, fmtNum, formatBadge, h, progressBar, runIdLabel, statusLine } from "../dom.js";
+import { clear, errorBox, fmtNum, formatBadge, h, isLongId, progressBar, runIdLabel, statusLine } from "../dom.js";
 import { elapsedSeconds, etaSeconds, fmtDuration, localTime, parseTime, relativeTime, samplesDone, throughput } from "../figures.js";
 import { store } from "../store.js";
 
@@ -10,6 +10,7 @@ const filters = { status: "", experiment: "", source: "", search: "" };
 // The default order is the API's (newest first); a click on a column header sorts by it.
 const sortState = { key: "created", dir: "desc" };
 const REFRESH_MS = 10_000; // relative times and ETAs move without events too
+const ID_CHARS = 18; // longer named ids are shortened in the middle to fit the Run column
 
 const NUMBER_SORT = { progress: true, samples: true, duration: true, created: true };
 const SORTS = {
@@ -183,11 +184,13 @@ function row(run, now) {
     h("td", { "data-label": "Created", class: "col-created" }, timeCell(run.created_at, now)));
 }
 
-/** The run id as a link; ids cut by the column width keep the full id on hover. */
+/** The run id as a link, the full id on hover. A long named id is shortened in the middle:
+ * ids of one suite share a long prefix (a name, a date) and differ at the end. */
 function idLabel(runId, href) {
   const label = runIdLabel(runId, { href, cls: "run-link" });
   const anchor = label.matches("a") ? label : label.querySelector("a");
   if (anchor && !anchor.title) anchor.title = runId;
+  if (anchor && !isLongId(runId) && runId.length > ID_CHARS) anchor.textContent = `${runId.slice(0, 7)}…${runId.slice(-9)}`;
   return label;
 }
 
