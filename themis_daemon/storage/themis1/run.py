@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..base import FINAL_STATUSES, finite_mean, stable_mean
-from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, is_header, read_units
+from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, read_units
+from .lines import parse_evaluation, parse_record, parse_task
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -285,48 +286,40 @@ class RunState:
             return current if current is not None and os.path.exists(current.path) else None
         return JsonlTail(path, gz)
 
-    def _follow(self, current: Optional[JsonlTail], base: str):
-        """Read what one followed JSONL file gained: (tail, new data lines, start_over, changed).
+    def _follow(self, current: Optional[JsonlTail], base: str, parse):
+        """Read what one followed JSONL file gained: (tail, new kept lines, start_over, changed).
 
-        `start_over` means the file was replaced, rewritten or resolved to its other name, so
-        the caller's table for it must be emptied before the new lines go in.
+        `parse` keeps what the state needs of a line (None: nothing to keep). `start_over`
+        means the file was replaced, rewritten or resolved to its other name, so the caller's
+        table for it must be emptied before the new lines go in.
         """
         tail = self._tail(current, base)
         if tail is None:
             return None, [], current is not None, False
-        reset, objs = tail.read_new()
+        reset, lines, seen = tail.read_new(parse=parse)
         start_over = tail is not current or reset
-        lines = [(unit, obj) for unit, obj in objs if isinstance(obj, dict) and not is_header(obj)]
-        return tail, lines, start_over, bool(objs) or reset
+        return tail, lines, start_over, bool(seen) or reset
 
     def _refresh_records(self) -> bool:
         self._records, lines, start_over, changed = self._follow(
-            self._records, os.path.join(self.dir, "generation", "records.jsonl"))
+            self._records, os.path.join(self.dir, "generation", "records.jsonl"), parse_record)
         if start_over:
             self.gen = {}
         gen = self.gen
-        for unit, obj in lines:
-            key = obj.get("cache_key") or obj.get("task_key")
-            if not isinstance(key, str):
-                continue
-            ok = obj.get("output") is not None and not obj.get("error")
-            gen[digest(key)] = (unit.offset, unit.length, unit.index, ok)
+        for offset, length, index, (key, ok) in lines:
+            gen[digest(key)] = (offset, length, index, ok)
         return changed
 
     def _refresh_tasks(self) -> bool:
         if not self._tasks_wanted:
             return False
         self._tasks, lines, start_over, changed = self._follow(
-            self._tasks, os.path.join(self.dir, "generation", "tasks.jsonl"))
+            self._tasks, os.path.join(self.dir, "generation", "tasks.jsonl"), parse_task)
         if start_over:
             self.tasks = {}
-        for unit, obj in lines:
-            key = obj.get("task_key")
-            if not isinstance(key, str):
-                continue
-            task = obj.get("task") if isinstance(obj.get("task"), dict) else {}
-            md = task.get("metadata") if isinstance(task.get("metadata"), dict) else {}
-            self.tasks[digest(key)] = (unit.offset, unit.length, unit.index, md.get("dataset_id"))
+        tasks = self.tasks
+        for offset, length, index, (key, dataset_id) in lines:
+            tasks[digest(key)] = (offset, length, index, dataset_id)
         return changed
 
     def _refresh_evaluations(self) -> bool:
@@ -347,32 +340,16 @@ class RunState:
         changed = False
         for eval_id in eval_ids:
             tail, lines, start_over, grew = self._follow(
-                self._evals.get(eval_id), os.path.join(base, eval_id, "evaluation.jsonl"))
+                self._evals.get(eval_id), os.path.join(base, eval_id, "evaluation.jsonl"), parse_evaluation)
             if tail is None:
                 continue
             self._evals[eval_id] = tail
             if start_over:
                 self.evals[eval_id] = {}
             table = self.evals.setdefault(eval_id, {})
-            for _unit, obj in lines:
-                key = obj.get("cache_key")
-                ev = obj.get("evaluation")
-                if not isinstance(key, str) or not isinstance(ev, dict):
-                    continue
-                names: List[str] = []
-                values: List[float] = []
-                for sc in ev.get("scores") or ():
-                    if not isinstance(sc, dict):
-                        continue
-                    name, value = sc.get("metric_name"), sc.get("value")
-                    if isinstance(name, str) and isinstance(value, (int, float)):
-                        if name in names:  # a repeated metric in one line: the last value wins
-                            values[names.index(name)] = float(value)
-                        else:
-                            names.append(name)
-                            values.append(float(value))
-                sid = ev.get("sample_id")
-                gen_key = generation_key(key)
+            for _offset, _length, _index, (key, sid, names, values) in lines:
+                m = EVAL_SUFFIX.search(key)
+                gen_key = key[: m.start()] if m else key
                 fallback = None
                 if sid is None or sid == "" or sid is False:
                     self._tasks_wanted = True  # the id has to come from the linked task
@@ -380,7 +357,7 @@ class RunState:
                 k = digest(key)
                 if k in table:
                     del table[k]  # a re-written line moves to where it was last seen
-                table[k] = (digest(gen_key), sid, _shared_names(tuple(names)), tuple(values), fallback)
+                table[k] = (digest(gen_key), sid, _shared_names(names), values, fallback)
             changed |= grew
         return changed
 
@@ -438,15 +415,42 @@ class RunState:
         return samples
 
     def _build_summary(self) -> Dict[str, Any]:
+        """Per metric, the mean over samples of each sample's finite mean (as `_grouped` would
+        give, without building samples: a sample almost always has a single line, whose
+        finite values are its means, so the general case is taken only for the others)."""
+        groups: Dict[Tuple[type, Any], Any] = {}
+        for table in self.evals.values():
+            for rec in table.values():
+                sid = rec[1] if rec[1] is not None else self._sample_id(rec)
+                skey = (type(sid), sid)  # 1 and "1" are different samples
+                got = groups.get(skey)
+                if got is None:
+                    groups[skey] = rec
+                elif type(got) is list:
+                    got.append(rec)
+                else:
+                    groups[skey] = [got, rec]
         sums: Dict[str, List[float]] = {}
-        samples = self._grouped()
-        for smp in samples.values():
-            for name, values in smp.scores.items():
+        for got in groups.values():
+            if type(got) is tuple:
+                for name, value in zip(got[2], got[3]):
+                    if value - value == 0.0:  # finite
+                        acc = sums.get(name)
+                        if acc is None:
+                            sums[name] = [value]
+                        else:
+                            acc.append(value)
+                continue
+            per: Dict[str, List[float]] = {}
+            for rec in got:
+                for name, value in zip(rec[2], rec[3]):
+                    per.setdefault(name, []).append(value)
+            for name, values in per.items():
                 mean = _finite_mean(values)
                 if mean is not None:
                     sums.setdefault(name, []).append(mean)
         metrics = {name: stable_mean(v) for name, v in sums.items()}
-        return self._summary_dict(len(samples), metrics)
+        return self._summary_dict(len(groups), metrics)
 
     def _build_view(self) -> View:
         samples = list(self._grouped().values())

@@ -6,6 +6,7 @@ SQLite index is never needed and never opened. Nothing here writes to the root.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -15,7 +16,7 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Dict, List, Optional
 
-from ..base import RefreshResult, RunNotFound
+from ..base import RefreshResult, RunNotFound, bulk_allocation
 from .run import RunState, View, mark_scan_worker
 
 log = logging.getLogger("themis_daemon.storage")
@@ -23,6 +24,13 @@ log = logging.getLogger("themis_daemon.storage")
 
 FULL_PASS_EVERY = 10  # a quiet finished run is fully re-checked every n-th refresh
 PARALLEL_MIN_RUNS = 16  # below this, starting worker processes costs more than it saves
+SCAN_BATCHES_PER_WORKER = 8
+
+
+def _scan_worker_init() -> None:
+    """A scan worker lives for one scan and builds only acyclic state: no garbage collection."""
+    gc.disable()
+    mark_scan_worker()
 
 
 def _scan_runs(items: List[tuple]) -> Dict[str, RunState]:
@@ -148,8 +156,11 @@ class Store:
         if workers >= 2:
             try:
                 ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
-                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=mark_scan_worker) as pool:
-                    chunks = [new[i::workers] for i in range(workers)]
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_scan_worker_init) as pool, \
+                        bulk_allocation():  # results unpickle here
+                    # Small batches: results come back (and unpickle here) while workers go on.
+                    parts = workers * SCAN_BATCHES_PER_WORKER
+                    chunks = [new[i::parts] for i in range(parts)]
                     out: Dict[str, RunState] = {}
                     for part in pool.map(_scan_runs, chunks):
                         out.update(part)
