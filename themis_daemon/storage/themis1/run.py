@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+
+import msgspec
 import logging
 import os
 import re
@@ -20,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..base import FINAL_STATUSES, finite_mean, stable_mean
 from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, read_units
 from .lines import parse_evaluation, parse_record, parse_task
+from .tables import pack, unpack
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -126,6 +129,10 @@ class RunState:
         self.tasks: Dict[bytes, tuple] = {}
         self._tasks_wanted = False
         self.evals: Dict[str, Dict[bytes, tuple]] = {}
+        # The three tables packed (tables.py); while set and the tables are not in use they
+        # are dropped, and `_thaw` brings them back before anything reads or changes them.
+        self._packed: Optional[bytes] = None
+        self._thawed = True
         self.last_change = time.time()  # wall clock of the newest file change seen
         self._summary: Optional[Tuple[int, Dict[str, Any]]] = None
         self._view: Optional[View] = None
@@ -195,10 +202,40 @@ class RunState:
             log.warning("run %r: %s", self.run_id, self.error)
 
     def __getstate__(self) -> Dict[str, Any]:
-        state = dict(self.__dict__)
+        with self.lock:
+            self.freeze()  # a scan worker sends one bytes object instead of every tuple
+            state = dict(self.__dict__)
         del state["lock"]
         state["_view"] = None
         return state
+
+    # ------------------------------------------------------------------ packed tables
+
+    def freeze(self) -> None:
+        """Keep the tables packed only (a run nobody is looking at)."""
+        with self.lock:
+            if not self._thawed:
+                return
+            if self._packed is None:
+                try:
+                    self._packed = pack(self.gen, self.tasks, self.evals)
+                except (OverflowError, TypeError, msgspec.EncodeError):
+                    return  # e.g. an integer id beyond 64 bits: stays unpacked
+            self.gen, self.tasks, self.evals = {}, {}, {}
+            self._thawed = False
+            self._view = None
+
+    def _thaw(self, changing: bool = False) -> None:
+        """Unpack the tables before use; `changing` also drops the packed copy."""
+        if not self._thawed:
+            self.gen, self.tasks, self.evals = unpack(self._packed, _shared_names)
+            self._thawed = True
+        if changing:
+            self._packed = None
+
+    @property
+    def frozen(self) -> bool:
+        return not self._thawed
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -303,6 +340,9 @@ class RunState:
     def _refresh_records(self) -> bool:
         self._records, lines, start_over, changed = self._follow(
             self._records, os.path.join(self.dir, "generation", "records.jsonl"), parse_record)
+        if not lines and not start_over:
+            return changed
+        self._thaw(changing=True)
         if start_over:
             self.gen = {}
         gen = self.gen
@@ -315,6 +355,9 @@ class RunState:
             return False
         self._tasks, lines, start_over, changed = self._follow(
             self._tasks, os.path.join(self.dir, "generation", "tasks.jsonl"), parse_task)
+        if not lines and not start_over:
+            return changed
+        self._thaw(changing=True)
         if start_over:
             self.tasks = {}
         tasks = self.tasks
@@ -344,6 +387,10 @@ class RunState:
             if tail is None:
                 continue
             self._evals[eval_id] = tail
+            if not lines and not start_over:
+                changed |= grew
+                continue
+            self._thaw(changing=True)
             if start_over:
                 self.evals[eval_id] = {}
             table = self.evals.setdefault(eval_id, {})
@@ -375,6 +422,7 @@ class RunState:
         """The run summary, rebuilt only when the run changed."""
         with self.lock:
             if self._summary is None or self._summary[0] != self.version:
+                self._thaw()
                 self._summary = (self.version, self._build_summary())
             return self._summary[1]
 
@@ -382,13 +430,15 @@ class RunState:
         """Per-sample data for details and comparisons, built on demand."""
         with self.lock:
             if self._view is None or self._view.version != self.version:
+                self._thaw()
                 self._view = self._build_view()
             return self._view
 
     def drop_view(self) -> None:
-        """Free the per-sample view; the store keeps only a few of them alive."""
+        """Free the per-sample view and pack the tables; the store keeps only a few alive."""
         with self.lock:
             self._view = None
+            self.freeze()
 
     def _sample_id(self, rec: tuple) -> Any:
         if rec[1] is not None:
@@ -518,6 +568,7 @@ class RunState:
         per_sample = (view.per_sample + [{}] * len(view.pending))[start:stop] if include_pending \
             else view.per_sample[start:stop]
         with self.lock:
+            self._thaw()
             records_tail, tasks_tail = self._records, self._tasks
             rec_units = [Unit(*self.gen[s.gen][:3]) if s.gen in self.gen else None for s in chosen]
             task_units = [Unit(*self.tasks[s.gen][:3]) if s.gen in self.tasks else None for s in chosen]

@@ -142,6 +142,11 @@ class Store:
                     del runs[run_id]
                     res.removed.append(run_id)
                     res.changed = [r for r in res.changed if r != run_id]
+            with self._views_lock:
+                in_use = set(self._views)
+            for run_id in res.added + res.changed:
+                if run_id not in in_use and run_id in runs:
+                    runs[run_id].freeze()  # nobody looks at it: keep its tables packed
             if res.added or res.removed or res.changed:
                 self.generation += 1
             self._runs = runs
