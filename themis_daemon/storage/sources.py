@@ -75,14 +75,16 @@ def default_name(spec: str) -> str:
 
 
 def open_source(spec: str, name: Optional[str] = None, *, password_file: Optional[str] = None,
-                clock: Callable[[], float] = time.time, validate: bool = True) -> Any:
-    """A source for one configured path or URL; raises NotAStore (one line) if it is none."""
+                clock: Callable[[], float] = time.time, validate: bool = True,
+                cache_dir: Optional[str] = None) -> Any:
+    """A source for one configured path or URL; raises NotAStore (one line) if it is none.
+    `cache_dir`: where a Themis 1.x store keeps its per-run state across restarts."""
     kind = detect(spec)
     name = name or default_name(spec)
     if kind == "themis1":
         from .themis1 import Store
 
-        store = Store(spec, clock=clock)
+        store = Store(spec, clock=clock, cache_dir=cache_dir)
         store.name = name
         return store
     from .themis4.source import Themis4Source
@@ -271,7 +273,7 @@ class Sources:
 
 
 def open_sources(specs: Sequence[Union[str, Dict[str, Any]]], *, password_file: Optional[str] = None,
-                 clock: Callable[[], float] = time.time) -> Sources:
+                 clock: Callable[[], float] = time.time, cache_dir: Optional[str] = None) -> Sources:
     """Open every configured source; the first that is not a store raises NotAStore."""
     out = []
     names: Dict[str, int] = {}
@@ -282,7 +284,7 @@ def open_sources(specs: Sequence[Union[str, Dict[str, Any]]], *, password_file: 
             pw = spec.get("password_file") or password_file
         else:
             location, name, pw = spec, None, password_file
-        source = open_source(str(location), name, password_file=pw, clock=clock)
+        source = open_source(str(location), name, password_file=pw, clock=clock, cache_dir=cache_dir)
         count = names.get(source.name, 0)
         names[source.name] = count + 1
         if count:

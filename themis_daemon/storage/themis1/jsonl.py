@@ -256,8 +256,9 @@ def read_units(path: str, gz: bool, units: List[Unit]) -> List[Any]:
     return out
 
 
-def count_data_lines(path: str, gz: bool) -> Tuple[int, bool]:
-    """Rows of a dataset file (header excluded) and whether the file looked complete.
+def count_data_lines(path: str, gz: bool) -> Tuple[int, bool, Tuple[bytes, bytes]]:
+    """Rows of a dataset file (header excluded), whether the file looked complete, and its
+    first and last bytes (what a cached count is checked against).
 
     Rows are counted, not parsed: only lines that look like a header are decoded.
     """
@@ -275,4 +276,4 @@ def count_data_lines(path: str, gz: bool) -> Tuple[int, bool]:
         return None
 
     _, consumed, _, seen = decode_lines(data, 0, gz, header)
-    return seen - len(headers), consumed == len(data)
+    return seen - len(headers), consumed == len(data), (data[:EDGE_BYTES], data[-EDGE_BYTES:])

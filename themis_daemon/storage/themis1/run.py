@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..base import FINAL_STATUSES, finite_mean, stable_mean
 from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, read_units
 from .lines import parse_evaluation, parse_record, parse_task
-from .tables import pack, unpack
+from .tables import check_packed, pack, unpack
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -138,6 +138,7 @@ class RunState:
         self._view: Optional[View] = None
         self._meta_path = os.path.join(run_dir, "metadata.json")
         self._dataset_path: Optional[str] = None
+        self._dataset_edges: Tuple[bytes, bytes] = (b"", b"")  # first and last bytes counted
         self._resolved: Dict[str, Tuple[str, bool]] = {}  # path base -> (path, gz), cached
         self._evals_dir_sig: Optional[int] = None
         self._eval_ids: List[str] = []
@@ -207,6 +208,60 @@ class RunState:
             state = dict(self.__dict__)
         del state["lock"]
         state["_view"] = None
+        return state
+
+    # ------------------------------------------------------------------ persistent cache
+
+    def to_cache(self) -> Optional[Dict[str, Any]]:
+        """What the persistent cache keeps of this run (None: nothing worth keeping yet)."""
+        with self.lock:
+            if self.meta is None:
+                return None
+            self.summary()
+            if self._packed is None:
+                try:
+                    self._packed = pack(self.gen, self.tasks, self.evals)
+                except (OverflowError, TypeError, msgspec.EncodeError):
+                    return None
+            return {
+                "run_id": self.run_id, "dir": self.dir, "experiment_id": self.experiment_id,
+                "version": self.version, "meta": self.meta, "expected": self.expected,
+                "dataset": None if self._dataset_sig is None or self._dataset_path is None else
+                [self._dataset_path, *self._dataset_sig, *self._dataset_edges],
+                "records": _tail_state(self._records), "tasks": _tail_state(self._tasks),
+                "evals": {k: _tail_state(t) for k, t in self._evals.items()},
+                "tasks_wanted": self._tasks_wanted, "tables": self._packed,
+                "summary": self._summary[1], "last_change": self.last_change,
+            }
+
+    @classmethod
+    def from_cache(cls, entry: Dict[str, Any], run_dir: str, run_id: str, experiment_id: str) -> Optional["RunState"]:
+        """A run restored from its cache entry, or None if any file it was built from no longer
+        matches (then the run is read from scratch). Appended bytes are read by the next refresh."""
+        if entry.get("dir") != run_dir or entry.get("experiment_id") != experiment_id:
+            return None
+        state = cls(run_dir, run_id, experiment_id)
+        tails = [_restore_tail(entry["records"]), _restore_tail(entry["tasks"])]
+        evals = {k: _restore_tail(v) for k, v in entry["evals"].items() if v is not None}
+        for tail in tails + list(evals.values()):
+            if tail is not None and not tail.matches_file():
+                return None
+        check_packed(entry["tables"])
+        state._records, state._tasks = tails
+        state._evals = evals
+        state._tasks_wanted = bool(entry["tasks_wanted"])
+        state._packed, state._thawed = entry["tables"], False
+        state.gen, state.tasks, state.evals = {}, {}, {}
+        state.version = int(entry["version"])
+        state.meta = entry["meta"]  # metadata.json itself is read again by the first refresh
+        state.expected = entry["expected"]
+        dataset = entry["dataset"]
+        if dataset is not None and _edges_match(dataset[0], dataset[1:4], dataset[4], dataset[5]):
+            state._dataset_path = dataset[0]
+            state._dataset_sig = tuple(dataset[1:4])
+            state._dataset_edges = (dataset[4], dataset[5])
+        state._summary = (state.version, entry["summary"])
+        state.last_change = float(entry["last_change"])
         return state
 
     # ------------------------------------------------------------------ packed tables
@@ -298,10 +353,11 @@ class RunState:
         sig = (st.st_ino, st.st_size, st.st_mtime_ns)
         if sig == self._dataset_sig:
             return False
-        rows, complete = count_data_lines(path, gz)
+        rows, complete, edges = count_data_lines(path, gz)
         if not complete and self.expected is not None:
             return False  # being rewritten on resume: keep the previous count
         self._dataset_sig = sig
+        self._dataset_edges = edges
         if rows != self.expected:
             self.expected = rows
             return True
@@ -599,6 +655,34 @@ class RunState:
                 item["error"] = err.get("message") if isinstance(err, dict) else str(err)
             out.append(item)
         return out
+
+
+def _tail_state(tail: Optional[JsonlTail]) -> Optional[list]:
+    if tail is None or tail.sig is None:
+        return None
+    return [tail.path, tail.gz, tail.offset, *tail.sig, tail.bad_lines, tail.head, tail.last]
+
+
+def _restore_tail(state: Optional[list]) -> Optional[JsonlTail]:
+    if state is None:
+        return None
+    path, gz, offset, ino, size, mtime, bad, head, last = state
+    tail = JsonlTail(path, bool(gz))
+    tail.offset, tail.sig, tail.bad_lines, tail.head, tail.last = int(offset), (ino, size, mtime), bad, head, last
+    return tail
+
+
+def _edges_match(path: str, sig: list, head: bytes, last: bytes) -> bool:
+    """The dataset file is the one counted: same inode, size, mtime, first and last bytes."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != tuple(sig) or fh.read(len(head)) != head:
+                return False
+            fh.seek(st.st_size - len(last))
+            return fh.read(len(last)) == last
+    except OSError:
+        return False
 
 
 def _load(tail: Optional[JsonlTail], units: List[Optional[Unit]]) -> List[Any]:

@@ -16,7 +16,10 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Dict, List, Optional
 
+import msgspec
+
 from ..base import RefreshResult, RunNotFound, bulk_allocation
+from .cache import RunCache
 from .run import RunState, View, mark_scan_worker
 
 log = logging.getLogger("themis_daemon.storage")
@@ -25,6 +28,7 @@ log = logging.getLogger("themis_daemon.storage")
 FULL_PASS_EVERY = 10  # a quiet finished run is fully re-checked every n-th refresh
 PARALLEL_MIN_RUNS = 16  # below this, starting worker processes costs more than it saves
 SCAN_BATCHES_PER_WORKER = 8
+SAVE_EVERY_S = 60.0  # the persistent cache is rewritten at most this often (and at close)
 
 
 def _scan_worker_init() -> None:
@@ -52,7 +56,7 @@ class Store:
     """
 
     def __init__(self, root: str, *, clock: Callable[[], float] = time.time, max_views: int = 16,
-                 scan_workers: Optional[int] = None):
+                 scan_workers: Optional[int] = None, cache_dir: Optional[str] = None):
         self.root = os.path.abspath(root)
         self.name = os.path.basename(os.path.normpath(self.root)) or self.root  # shown as `source`
         self.scan_workers = scan_workers if scan_workers is not None else (os.cpu_count() or 1)
@@ -68,6 +72,12 @@ class Store:
         self.last_refresh: Optional[float] = None
         self.root_error: Optional[str] = None
         self._logged: set = set()
+        # Per-run state kept across restarts (cache.py); None: no persistent cache.
+        self.cache = RunCache(cache_dir, self.root) if cache_dir else None
+        self._cached: Optional[Dict[str, Dict[str, Any]]] = None  # entries not yet used
+        self._saved_generation: Optional[int] = None
+        self._saved_at = 0.0
+        self.restored = 0  # runs taken from the persistent cache at start-up
 
     # ------------------------------------------------------------------ discovery
 
@@ -120,7 +130,8 @@ class Store:
                     del runs[run_id]
                     res.removed.append(run_id)
             new = [(run_id, path, exp_id) for run_id, (path, exp_id) in found.items() if run_id not in runs]
-            fresh = self._scan_new(new)
+            fresh = self._restore(new)
+            fresh.update(self._scan_new([item for item in new if item[0] not in fresh]))
             self._passes += 1
             # Each pass re-reads a different tenth of the quiet runs in full, so every tick
             # costs about the same and each run is fully checked every FULL_PASS_EVERY passes.
@@ -152,8 +163,61 @@ class Store:
             self._runs = runs
             self.scanned = True
             self.last_refresh = self.clock()
+            self._maybe_save()
         res.duration = time.perf_counter() - start
         return res
+
+    def _restore(self, new: List[tuple]) -> Dict[str, RunState]:
+        """Runs taken from the persistent cache (first refresh only), brought up to date."""
+        if self.cache is None or not new:
+            return {}
+        if self._cached is None:
+            self._cached = self.cache.load()
+        out: Dict[str, RunState] = {}
+        with bulk_allocation():
+            for run_id, path, exp_id in new:
+                entry = self._cached.pop(run_id, None)
+                if entry is None:
+                    continue
+                try:
+                    state = RunState.from_cache(entry, path, run_id, exp_id)
+                except (KeyError, TypeError, ValueError, IndexError, msgspec.MsgspecError) as exc:
+                    self._log_once(f"storage cache entry of run {run_id!r} unusable ({exc}); reading the run again")
+                    state = None
+                if state is None:
+                    continue
+                state.refresh()  # metadata again, and whatever the files gained since
+                out[run_id] = state
+        self._cached = {}  # whatever was not used is stale
+        self.restored += len(out)
+        return out
+
+    def _maybe_save(self) -> None:
+        """Write the persistent cache after the first scan, then at most every SAVE_EVERY_S."""
+        if self.cache is None or self._saved_generation == self.generation:
+            return
+        if self._saved_generation is not None and time.monotonic() - self._saved_at < SAVE_EVERY_S:
+            return
+        self.save_cache()
+
+    def save_cache(self) -> None:
+        if self.cache is None:
+            return
+        entries = []
+        for state in list(self._runs.values()):
+            entry = state.to_cache()
+            if entry is not None:
+                entries.append(entry)
+        self.cache.save(entries)
+        self._saved_generation = self.generation
+        self._saved_at = time.monotonic()
+
+    def close(self) -> None:
+        """Keep the newest state for the next start."""
+        if self.cache is not None and self.scanned:
+            with self._refresh_lock:
+                if self._saved_generation != self.generation:
+                    self.save_cache()
 
     def _scan_new(self, new: List[tuple]) -> Dict[str, RunState]:
         """Read runs seen for the first time; a large batch (the cold start) uses every core."""

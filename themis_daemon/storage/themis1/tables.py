@@ -67,3 +67,8 @@ def unpack(blob: bytes, shared_names=lambda n: n) -> Tables:
         refs = [names[i] for i in t.names]
         evals[t.eval_id] = dict(zip(t.keys, zip(t.gens, t.sids, refs, t.values, t.fallbacks)))
     return gen, tasks, evals
+
+
+def check_packed(blob: bytes) -> None:
+    """Raise msgspec.DecodeError / ValidationError unless `blob` is a well-formed pack."""
+    _DECODER.decode(blob)
