@@ -16,6 +16,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .base import STANDARD_METHODS, BaseHandler, request_id
 
 access_log = logging.getLogger("tornado.access")
+# Successful answers of these read handlers are logged at DEBUG unless logging.access_log is "all".
+QUIET_HANDLERS = frozenset({"RunsHandler", "RunHandler", "HealthHandler", "LivenessHandler", "ReadinessHandler",
+                            "BenchmarksHandler", "MetricsHandler", "StaticHandler"})
 
 
 class DaemonCollector:
@@ -62,6 +65,7 @@ class DaemonCollector:
 
 class Metrics:
     def __init__(self, daemon: Any):
+        self.daemon = daemon
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("themis_http_requests", "HTTP requests", ["handler", "method", "status"],
                                 registry=self.registry)
@@ -82,7 +86,15 @@ class Metrics:
         self.requests.labels(name, method, str(status)).inc()  # bounded label values
         self.latency.labels(name).observe(duration)
         if status < 400:
-            log = access_log.info
+            if (status < 300 or status == 304) and name in QUIET_HANDLERS and \
+                    self.daemon.settings.logging.access_log != "all":
+                # Polled all day by dashboards and probes: at INFO they would be most of the
+                # log and a measurable share of each request.
+                if not access_log.isEnabledFor(logging.DEBUG):
+                    return
+                log = access_log.debug
+            else:
+                log = access_log.info
         elif status < 500:
             log = access_log.warning
         else:
