@@ -23,6 +23,8 @@ from typing import Any, Dict, Iterable, Optional
 
 import msgspec
 
+from ... import __version__
+
 log = logging.getLogger("themis_daemon.storage")
 
 MAGIC = b"themis-daemon:themis1-cache\n"
@@ -100,9 +102,9 @@ class RunCache:
         if not frames:
             raise ValueError("empty")
         header = _DECODER.decode(frames[0])
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+        if not isinstance(header, dict) or header.get("format") != [FORMAT, __version__]:
             raise ValueError(f"format {header.get('format') if isinstance(header, dict) else '?'}, "
-                             f"this version reads {FORMAT}")
+                             f"this version reads {[FORMAT, __version__]}")
         if header.get("root") != self.root:
             raise ValueError(f"written for another store ({header.get('root')!r})")
         if header.get("runs") != len(frames) - 1:
@@ -121,7 +123,7 @@ class RunCache:
         try:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             bodies = [_ENCODER.encode(e) for e in entries]
-            header = _ENCODER.encode({"format": FORMAT, "root": self.root, "runs": len(bodies)})
+            header = _ENCODER.encode({"format": [FORMAT, __version__], "root": self.root, "runs": len(bodies)})
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".cache", dir=self.dir)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(MAGIC)

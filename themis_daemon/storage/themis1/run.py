@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..base import FINAL_STATUSES, finite_mean, stable_mean
 from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, read_units
 from .lines import parse_evaluation, parse_record, parse_task
-from .tables import check_packed, pack, unpack
+from .tables import pack, unpack
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -231,6 +231,7 @@ class RunState:
                 "records": _tail_state(self._records), "tasks": _tail_state(self._tasks),
                 "evals": {k: _tail_state(t) for k, t in self._evals.items()},
                 "tasks_wanted": self._tasks_wanted, "tables": self._packed,
+                "eval_dirs": [self._evals_dir_sig, self._eval_ids],
                 "summary": self._summary[1], "last_change": self.last_change,
             }
 
@@ -246,8 +247,8 @@ class RunState:
         for tail in tails + list(evals.values()):
             if tail is not None and not tail.matches_file():
                 return None
-        check_packed(entry["tables"])
         state._records, state._tasks = tails
+        state._evals_dir_sig, state._eval_ids = entry["eval_dirs"][0], list(entry["eval_dirs"][1])
         state._evals = evals
         state._tasks_wanted = bool(entry["tasks_wanted"])
         state._packed, state._thawed = entry["tables"], False

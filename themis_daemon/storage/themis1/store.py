@@ -78,6 +78,7 @@ class Store:
         self._saved_generation: Optional[int] = None
         self._saved_at = 0.0
         self.restored = 0  # runs taken from the persistent cache at start-up
+        self._restored_changed = False
 
     # ------------------------------------------------------------------ discovery
 
@@ -131,7 +132,8 @@ class Store:
                     res.removed.append(run_id)
             new = [(run_id, path, exp_id) for run_id, (path, exp_id) in found.items() if run_id not in runs]
             fresh = self._restore(new)
-            fresh.update(self._scan_new([item for item in new if item[0] not in fresh]))
+            scanned = [item for item in new if item[0] not in fresh]
+            fresh.update(self._scan_new(scanned))
             self._passes += 1
             # Each pass re-reads a different tenth of the quiet runs in full, so every tick
             # costs about the same and each run is fully checked every FULL_PASS_EVERY passes.
@@ -160,6 +162,10 @@ class Store:
                     runs[run_id].freeze()  # nobody looks at it: keep its tables packed
             if res.added or res.removed or res.changed:
                 self.generation += 1
+            if self._saved_generation is None and self.cache is not None and not scanned \
+                    and not res.changed and not res.removed and not self._restored_changed:
+                self._saved_generation = self.generation  # the cache is as it was read
+                self._saved_at = time.monotonic()
             self._runs = runs
             self.scanned = True
             self.last_refresh = self.clock()
@@ -186,7 +192,8 @@ class Store:
                     state = None
                 if state is None:
                     continue
-                state.refresh()  # metadata again, and whatever the files gained since
+                if state.refresh():  # metadata again, and whatever the files gained since
+                    self._restored_changed = True
                 out[run_id] = state
         self._cached = {}  # whatever was not used is stale
         self.restored += len(out)

@@ -68,7 +68,3 @@ def unpack(blob: bytes, shared_names=lambda n: n) -> Tables:
         evals[t.eval_id] = dict(zip(t.keys, zip(t.gens, t.sids, refs, t.values, t.fallbacks)))
     return gen, tasks, evals
 
-
-def check_packed(blob: bytes) -> None:
-    """Raise msgspec.DecodeError / ValidationError unless `blob` is a well-formed pack."""
-    _DECODER.decode(blob)
