@@ -35,6 +35,7 @@ from .logs import setup_logging
 log = logging.getLogger("themis_daemon")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SWITCH_INTERVAL = 0.0005  # seconds
 
 
 # ------------------------------------------------------------------------------------ demo mode
@@ -251,6 +252,10 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
                  demo_dir: Optional[str], overrides: Optional[Dict[str, Any]] = None) -> int:
     from .web.app import create_app
 
+    # Work threads (details, comparisons, storage polls) hand the GIL over at this interval:
+    # the default 5 ms, times a few busy threads, made each request on the loop wait tens of
+    # milliseconds whenever they were busy.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     app = create_app(settings=settings, autoreload=reload)
     daemon = app.settings["daemon"]
     server = DrainingHTTPServer(
@@ -309,6 +314,11 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
             systemd.notify("EXTEND_TIMEOUT_USEC=30000000")
     if first_scan.done() and first_scan.exception() is not None:
         log.error("%sfirst storage scan failed: %s", who, first_scan.exception())
+    # The statistics stack takes seconds to import: load it now, off the loop, rather than
+    # inside the first comparison.
+    from .web.compare import load_stats
+
+    preload = asyncio.ensure_future(load_stats())
     watchdog_task = None
     if not stop.is_set():
         systemd.notify("READY=1", f"STATUS={status_line()}")
@@ -340,6 +350,7 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
     if not first_scan.done():
         first_scan.cancel()
     stopped.cancel()
+    preload.cancel()
     daemon.close()
     log.info("%sstopped", who)
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import sys
 from typing import Any, Dict, List, Tuple
 
 from .. import jsonutil
@@ -10,11 +12,21 @@ from ..validation import describe
 from .base import ApiError, BaseHandler
 
 ORIGINAL_TESTS = ("t_test", "bootstrap", "permutation", "none")
+STATS = "themis_daemon.stats"
+
+
+async def load_stats() -> Any:
+    """The statistics package (NumPy, SciPy): importing it takes seconds, so never on the loop."""
+    module = sys.modules.get(STATS)
+    if module is None or getattr(module, "compare_runs", None) is None:  # absent, or still importing
+        module = await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, STATS)
+    return module
 
 
 class CompareHandler(BaseHandler):
     async def post(self) -> None:
-        from ..stats import CompareError, TESTS, compare_runs
+        stats = await load_stats()
+        CompareError, TESTS, compare_runs = stats.CompareError, stats.TESTS, stats.compare_runs
 
         body = self.json_body()
         if not isinstance(body, dict):

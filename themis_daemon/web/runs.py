@@ -137,18 +137,19 @@ class RunHandler(CachedBodyMixin, BaseHandler):
         if hit is None:
             loop = asyncio.get_running_loop()
             try:
-                body, version = await loop.run_in_executor(self.daemon.executor, self._render, run_id, stalled, page)
+                body, etag, version = await loop.run_in_executor(self.daemon.executor, self._render, run_id, stalled, page)
             except Unavailable as exc:
                 raise ApiError(503, f"Run details cannot be read right now: {exc}",
                                headers={"Retry-After": "1"}) from None
-            hit = (body, _etag(body))
+            hit = (body, etag)
             self.daemon.cache.put(("run", run_id, version, stalled, page), hit)
         await self.send_cached(*hit)
 
-    def _render(self, run_id: str, stalled: bool, page: Tuple[int, Optional[int], bool]) -> Tuple[bytes, int]:
+    def _render(self, run_id: str, stalled: bool, page: Tuple[int, Optional[int], bool]) -> Tuple[bytes, str, int]:
         detail, version = self.daemon.store.detail_versioned(run_id, *page)
         detail["stalled"] = stalled
-        return jsonutil.dumpb(detail), version
+        body = jsonutil.dumpb(detail)
+        return body, _etag(body), version  # hashing megabytes is no work for the loop either
 
     def _resolve(self, ref: str) -> str:
         """A full run id: Themis 4 runs may be named by a unique prefix of >= 8 hex characters."""

@@ -28,6 +28,9 @@ log = logging.getLogger("themis_daemon.storage")
 FULL_PASS_EVERY = 10  # a quiet finished run is fully re-checked every n-th refresh
 PARALLEL_MIN_RUNS = 16  # below this, starting worker processes costs more than it saves
 SCAN_BATCHES_PER_WORKER = 8
+# ... or when the runs hold at least this much to decode (a few runs of 10,000 samples), which
+# in this process would hold the GIL away from the event loop for seconds.
+PARALLEL_MIN_BYTES = 8 * 1024 * 1024
 SAVE_EVERY_S = 60.0  # the persistent cache is rewritten at most this often (and at close)
 
 
@@ -46,6 +49,25 @@ def _scan_runs(items: List[tuple]) -> Dict[str, RunState]:
         state.summary()
         out[run_id] = state
     return out
+
+
+def _bytes_to_read(new: List[tuple]) -> int:
+    """Size of the record and evaluation files of some run folders (what a scan decodes)."""
+    total = 0
+    for _run_id, path, _exp_id in new:
+        files = [os.path.join(path, "generation", "records.jsonl")]
+        try:
+            files += [e.path + "/evaluation.jsonl" for e in os.scandir(os.path.join(path, "evaluations"))]
+        except OSError:
+            pass
+        for base in files:
+            for name in (base + ".gz", base):
+                try:
+                    total += os.stat(name).st_size
+                    break
+                except OSError:
+                    continue
+    return total
 
 
 class Store:
@@ -229,6 +251,8 @@ class Store:
     def _scan_new(self, new: List[tuple]) -> Dict[str, RunState]:
         """Read runs seen for the first time; a large batch (the cold start) uses every core."""
         workers = min(self.scan_workers, len(new) // PARALLEL_MIN_RUNS)
+        if workers < 2 and len(new) >= 2 and _bytes_to_read(new) >= PARALLEL_MIN_BYTES:
+            workers = min(self.scan_workers, len(new))  # a few big runs: decoding holds the GIL
         if workers >= 2:
             try:
                 ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
@@ -236,7 +260,7 @@ class Store:
                         bulk_allocation():  # results unpickle here
                     # Small batches: results come back (and unpickle here) while workers go on.
                     parts = workers * SCAN_BATCHES_PER_WORKER
-                    chunks = [new[i::parts] for i in range(parts)]
+                    chunks = [c for c in (new[i::parts] for i in range(parts)) if c]
                     out: Dict[str, RunState] = {}
                     for part in pool.map(_scan_runs, chunks):
                         out.update(part)
@@ -295,10 +319,11 @@ class Store:
                          include_pending: bool = False):
         """The detail and the run version it shows, so callers can cache it under that version."""
         state = self.get(run_id)
-        state.want_tasks()
-        view = self.view(run_id)
-        stop = None if limit is None else offset + limit
-        samples = state.load_samples(view, offset, stop, include_pending)
+        with bulk_allocation():  # thousands of objects: no collection walking the store meanwhile
+            state.want_tasks()
+            view = self.view(run_id)
+            stop = None if limit is None else offset + limit
+            samples = state.load_samples(view, offset, stop, include_pending)
         out = dict(state.summary())
         out["samples"] = samples
         out["samples_total"] = len(view.samples) + (len(view.pending) if include_pending else 0)
@@ -313,4 +338,5 @@ class Store:
 
     def scores(self, run_id: str) -> Dict[str, Dict[Any, List[float]]]:
         """Per metric, per sample id, the score values (one per evaluation line)."""
-        return self.view(run_id).scores
+        with bulk_allocation():
+            return self.view(run_id).scores
