@@ -196,6 +196,13 @@ class RunState:
                 self.last_change = self._newest_mtime() or time.time()
             return changed
 
+    def continue_after(self, version: int) -> None:
+        """Number this state's versions above `version` (an earlier state of the same run), so
+        that nothing cached under an old version is taken for the new state."""
+        with self.lock:
+            if self.version <= version:
+                self.version = version + 1
+
     def log_pending(self) -> None:
         """Log the current read error once (a worker process's log would be lost)."""
         if self.error and self.error not in self._logged_errors and not _IN_WORKER:

@@ -100,6 +100,7 @@ class Store:
         self._saved_generation: Optional[int] = None
         self._saved_at = 0.0
         self.restored = 0  # runs taken from the persistent cache at start-up
+        self._retired: Dict[str, int] = {}  # last version of each run that went away
         self._restored_changed = False
 
     # ------------------------------------------------------------------ discovery
@@ -150,7 +151,7 @@ class Store:
             runs = dict(self._runs)
             for run_id in list(runs):
                 if run_id not in found or found[run_id][0] != runs[run_id].dir:
-                    del runs[run_id]
+                    self._retired[run_id] = runs.pop(run_id).version
                     res.removed.append(run_id)
             new = [(run_id, path, exp_id) for run_id, (path, exp_id) in found.items() if run_id not in runs]
             fresh = self._restore(new)
@@ -167,6 +168,8 @@ class Store:
                     state = fresh[run_id]
                     if state.gone or (state.meta is None and state.error is None):
                         continue  # metadata.json is being written or just went; look again next time
+                    if run_id in self._retired:  # back again: carry on above its old versions,
+                        state.continue_after(self._retired.pop(run_id))  # which caches still hold
                     runs[run_id] = state
                     res.added.append(run_id)
                     state.summary()  # build the summary here, off the caller's event loop
@@ -174,7 +177,7 @@ class Store:
                     res.changed.append(run_id)
                     state.summary()
                 if state.gone:
-                    del runs[run_id]
+                    self._retired[run_id] = runs.pop(run_id).version
                     res.removed.append(run_id)
                     res.changed = [r for r in res.changed if r != run_id]
             with self._views_lock:

@@ -1,0 +1,88 @@
+"""Faults injected into a served copy of a Themis 1.x store: the damaged run says what is
+wrong, the others stay served and correct, repairs are picked up without a restart, and
+nothing is written into the store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import pytest
+
+
+RUNS = ("experiments", "default", "runs")
+
+
+def run_path(root, run_id, *parts):
+    return os.path.join(root, *RUNS, run_id, *parts)
+
+
+def read_lines(path):
+    with open(path, "rb") as fh:
+        return [ln for ln in fh.read().split(b"\n") if ln.strip()]
+
+
+async def get(http_client, url):
+    resp = await http_client.fetch(url, raise_error=False)
+    return resp.code, (json.loads(resp.body) if resp.body else None)
+
+
+async def until(predicate, timeout=60.0):
+    """Poll an async predicate until it returns something truthy (generous bound)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await predicate()
+        if got:
+            return got
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def listed(http_client, base_url, run_id):
+    code, body = await get(http_client, base_url + "/api/runs")
+    assert code == 200
+    return next((s for s in body if s["run_id"] == run_id), None)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_run_that_vanishes_and_returns_is_never_served_from_its_old_versions(http_client, base_url, plain_store):
+    ev = run_path(plain_store, "fake-direct", "evaluations", "default", "evaluation.jsonl")
+    meta = run_path(plain_store, "fake-direct", "metadata.json")
+    full = read_lines(ev)
+
+    def keep(n):  # header + n evaluation lines
+        with open(ev, "wb") as fh:
+            fh.write(b"".join(ln + b"\n" for ln in full[:n + 1]))
+
+    async def detail_count(n):
+        await until(lambda: _count(http_client, base_url, n))
+        code, detail = await get(http_client, base_url + "/api/runs/fake-direct")
+        assert code == 200
+        return detail["num_samples"], len(detail["samples"])
+
+    keep(5)
+    assert await detail_count(5) == (5, 5)
+    keep(6)
+    assert await detail_count(6) == (6, 6)  # the run's detail has been rendered at a few versions
+
+    os.rename(meta, meta + ".away")
+    await until(lambda: _gone(http_client, base_url))
+    keep(10)
+    os.rename(meta + ".away", meta)
+    assert await detail_count(10) == (10, 10)
+    keep(15)
+    assert await detail_count(15) == (15, 15)
+    keep(len(full) - 1)
+    assert await detail_count(len(full) - 1) == (len(full) - 1, len(full) - 1)
+
+
+async def _count(http_client, base_url, n):
+    s = await listed(http_client, base_url, "fake-direct")
+    return s if s is not None and s["num_samples"] == n else None
+
+
+async def _gone(http_client, base_url):
+    code, _ = await get(http_client, base_url + "/api/runs/fake-direct")
+    return code == 404
