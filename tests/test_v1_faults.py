@@ -86,3 +86,27 @@ async def _count(http_client, base_url, n):
 async def _gone(http_client, base_url):
     code, _ = await get(http_client, base_url + "/api/runs/fake-direct")
     return code == 404
+
+
+def _rekey(line: bytes, old_hash: bytes, new_hash: bytes) -> bytes:
+    return line.replace(b"::" + old_hash, b"::" + new_hash)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_run_evaluated_again_with_other_metrics_counts_each_sample_once(http_client, base_url, plain_store):
+    """Themis generates again when the manifest (part of every key) changes: 20 samples, 40
+    records. `generated` counts samples, so an in-progress re-run never passes 100 %."""
+    meta = json.load(open(run_path(plain_store, "fake-direct", "metadata.json")))
+    old_hash = meta["config_snapshot"]["manifest_hash"].encode()
+    new_hash = b"f" * 64
+    for rel in (("generation", "records.jsonl"), ("generation", "tasks.jsonl")):
+        path = run_path(plain_store, "fake-direct", *rel)
+        lines = read_lines(path)
+        assert all(old_hash in ln for ln in lines[1:])
+        with open(path, "ab") as fh:
+            fh.write(b"".join(_rekey(ln, old_hash, new_hash) + b"\n" for ln in lines[1:]))
+    summary = await until(lambda: listed(http_client, base_url, "fake-direct"))
+    assert summary["generated"] == summary["expected_samples"] == 20
+    code, detail = await get(http_client, base_url + "/api/runs/fake-direct?include_pending=true")
+    assert code == 200 and detail["samples_total"] == 20
+    assert not any(s.get("pending") for s in detail["samples"])

@@ -33,6 +33,20 @@ STATUSES = ("in_progress", "completed", "failed", "cancelled")  # what Themis 1.
 METADATA_GRACE_S = 5.0
 
 
+MANIFEST_SUFFIX = re.compile(r"::[0-9a-f]{64}$")
+
+
+def sample_key(key: str) -> str:
+    """A generation key without its manifest hash (§5 of the storage spec): Themis generates a
+    sample again when the manifest changes (say, a re-evaluation with other metrics), and the
+    later generation stands for the same sample."""
+    if key[-66:-64] == "::":
+        m = MANIFEST_SUFFIX.search(key)
+        if m:
+            return key[: m.start()]
+    return key
+
+
 def generation_key(eval_key: str) -> str:
     """The generation cache key an evaluation key was derived from (§5 of the storage spec)."""
     m = EVAL_SUFFIX.search(eval_key)
@@ -411,7 +425,7 @@ class RunState:
             self.gen = {}
         gen = self.gen
         for offset, length, index, (key, ok) in lines:
-            gen[digest(key)] = (offset, length, index, ok)
+            gen[digest(sample_key(key))] = (offset, length, index, ok)
         return changed
 
     def _refresh_tasks(self) -> bool:
@@ -426,7 +440,7 @@ class RunState:
             self.tasks = {}
         tasks = self.tasks
         for offset, length, index, (key, dataset_id) in lines:
-            tasks[digest(key)] = (offset, length, index, dataset_id)
+            tasks[digest(sample_key(key))] = (offset, length, index, dataset_id)
         return changed
 
     def _refresh_evaluations(self) -> bool:
@@ -468,7 +482,7 @@ class RunState:
                 k = digest(key)
                 if k in table:
                     del table[k]  # a re-written line moves to where it was last seen
-                table[k] = (digest(gen_key), sid, _shared_names(names), values, fallback)
+                table[k] = (digest(sample_key(gen_key)), sid, _shared_names(names), values, fallback)
             changed |= grew
         return changed
 
