@@ -13,6 +13,7 @@ import pytest
 
 
 RUNS = ("experiments", "default", "runs")
+from conftest import PLAIN  # noqa: E402
 
 
 def run_path(root, run_id, *parts):
@@ -110,3 +111,76 @@ async def test_a_run_evaluated_again_with_other_metrics_counts_each_sample_once(
     code, detail = await get(http_client, base_url + "/api/runs/fake-direct?include_pending=true")
     assert code == 200 and detail["samples_total"] == 20
     assert not any(s.get("pending") for s in detail["samples"])
+
+
+def _age(path, seconds=60):
+    """Make a damaged file look old: not one a writer is rewriting right now."""
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_an_invalid_line_is_counted_and_shown_and_the_rest_is_served(http_client, base_url, plain_store):
+    ev = run_path(plain_store, "fake-direct", "evaluations", "default", "evaluation.jsonl")
+    lines = read_lines(ev)
+    lines[3] = lines[3][: len(lines[3]) // 2]  # a torn line in the middle: not JSON
+    with open(ev, "wb") as fh:
+        fh.write(b"".join(ln + b"\n" for ln in lines))
+    s = await until(lambda: listed(http_client, base_url, "fake-direct"))
+    assert s["num_samples"] == 19 and s["error"] is None
+    assert s["warnings"] == ["evaluations/default/evaluation.jsonl: 1 invalid line skipped"]
+    other = await listed(http_client, base_url, "fake-failed")
+    assert other["warnings"] == [] and other["error"] is None
+    resp = await http_client.fetch(base_url + "/metrics")
+    metrics = resp.body.decode()
+    assert "themis_storage_invalid_lines 1.0" in metrics
+    assert "themis_runs_with_warnings 1.0" in metrics
+    code, detail = await get(http_client, base_url + "/api/runs/fake-direct")
+    assert code == 200 and detail["warnings"] == s["warnings"] and len(detail["samples"]) == 19
+    # Repaired (the writer's file restored): the warning goes, without a restart.
+    with open(ev, "wb") as fh:
+        fh.write(b"".join(ln + b"\n" for ln in read_lines(run_path(PLAIN, "fake-direct", "evaluations",
+                                                                            "default", "evaluation.jsonl"))))
+    s = await until(lambda: _where(http_client, base_url, "fake-direct", lambda s: s["num_samples"] == 20))
+    assert s["warnings"] == [] and s["error"] is None
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_an_invalid_metadata_file_is_reported_not_hidden(http_client, base_url, plain_store):
+    meta = run_path(plain_store, "fake-live", "metadata.json")
+    good = open(meta, "rb").read()
+    s = await until(lambda: listed(http_client, base_url, "fake-live"))
+    assert s["status"] == "in_progress"
+    with open(meta, "wb") as fh:
+        fh.write(good[:40])
+    _age(meta)
+    s = await until(lambda: _where(http_client, base_url, "fake-live", lambda s: s["warnings"]))
+    assert s["status"] == "in_progress"  # its last readable content
+    assert s["warnings"][0].startswith("metadata.json unreadable")
+    with open(meta, "wb") as fh:
+        fh.write(good)
+    s = await until(lambda: _where(http_client, base_url, "fake-live", lambda s: not s["warnings"]))
+    assert s["error"] is None
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_run_whose_metadata_is_invalid_at_start_up_is_listed_with_the_error(http_client, base_url, plain_store, caplog):
+    meta = run_path(plain_store, "fake-terse", "metadata.json")
+    good = open(meta, "rb").read()
+    with open(meta, "wb") as fh:
+        fh.write(b"{not json")
+    _age(meta)
+    s = await until(lambda: listed(http_client, base_url, "fake-terse"), timeout=30)
+    assert s["error"].startswith("metadata.json unreadable")
+    code, detail = await get(http_client, base_url + "/api/runs/fake-terse")
+    assert code == 200 and detail["error"] == s["error"]
+    assert "metadata.json unreadable" in caplog.text
+    with open(meta, "wb") as fh:
+        fh.write(good)
+    s = await until(lambda: _where(http_client, base_url, "fake-terse", lambda s: s["error"] is None))
+    assert s["status"] == json.loads(good)["status"]
+
+
+async def _where(http_client, base_url, run_id, cond):
+    s = await listed(http_client, base_url, run_id)
+    return s if s is not None and cond(s) else None

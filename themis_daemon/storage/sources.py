@@ -263,6 +263,7 @@ class Sources:
         return {
             "unknown_events": sum(getattr(s, "unknown_events", 0) for s in self.sources),
             "orphan_events": sum(getattr(s, "orphan_events", 0) for s in self.sources),
+            "invalid_lines": sum(getattr(s, "invalid_lines", 0) for s in self.sources),
         }
 
     def close(self) -> None:

@@ -31,15 +31,20 @@ class DaemonCollector:
         d = self.daemon
         runs = GaugeMetricFamily("themis_runs", "Runs in the storage by status", labels=["status"])
         counts: dict = {}
-        errors = 0
+        errors = warned = 0
         for s in d.store.summaries():
             counts[s["status"]] = counts.get(s["status"], 0) + 1
             errors += 1 if s.get("error") else 0
+            warned += 1 if s.get("warnings") else 0
         base = ("pending", "in_progress", "completed", "failed", "cancelled")
         for status in (*base, *sorted(set(counts) - set(base))):
             runs.add_metric([status], counts.get(status, 0))
         yield runs
         yield GaugeMetricFamily("themis_runs_with_read_errors", "Runs whose files could not be read", value=errors)
+        yield GaugeMetricFamily("themis_runs_with_warnings", "Runs served with something skipped (see their warnings)",
+                                value=warned)
+        yield GaugeMetricFamily("themis_storage_invalid_lines", "Invalid JSON lines skipped in Themis 1.x files",
+                                value=d.store.counters().get("invalid_lines", 0))
         hub = d.hub
         yield GaugeMetricFamily("themis_ws_connections", "Open WebSocket connections", value=len(hub.clients))
         yield GaugeMetricFamily("themis_ws_subscriptions", "WebSocket subscriptions", value=hub.subscriptions())

@@ -136,8 +136,17 @@ class JsonlTail:
             self.restart()
             reset = True
         with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
+            # The bytes before the offset come along: if they changed, the file was rewritten
+            # (not appended to) and is read again from its start.
+            fh.seek(self.offset - len(self.last))
             data = fh.read()
+            if not data.startswith(self.last):
+                self.restart()
+                reset = True
+                fh.seek(0)
+                data = fh.read()
+            elif self.last:
+                data = data[len(self.last):]
         kept, consumed, bad, seen = decode_lines(data, self.offset, self.gz, parse)
         self.bad_lines += bad
         if consumed:

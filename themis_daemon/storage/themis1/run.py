@@ -131,7 +131,8 @@ class RunState:
         self.meta: Optional[Dict[str, Any]] = None
         self._meta_sig: Optional[Tuple[int, int]] = None
         self.meta_error: Optional[str] = None
-        self._meta_bad_since: Optional[float] = None
+        self.meta_warning: Optional[str] = None
+        self.warnings: List[str] = []  # what was skipped (invalid lines, a stale metadata.json)
         self.error: Optional[str] = None  # storage read error, reported to users
         self._logged_errors: set = set()
         self._dataset_sig: Optional[Tuple[int, int, int]] = None
@@ -205,10 +206,29 @@ class RunState:
                 self.error = error
                 changed = True
                 self.log_pending()
+            warnings = self._warnings()
+            if warnings != self.warnings:
+                for warning in warnings:
+                    if warning not in self.warnings and not _IN_WORKER:
+                        log.warning("run %r: %s", self.run_id, warning)
+                self.warnings = warnings
+                changed = True
             if changed:
                 self.version += 1
                 self.last_change = self._newest_mtime() or time.time()
             return changed
+
+    def _warnings(self) -> List[str]:
+        out = [self.meta_warning] if self.meta_warning else []
+        for tail in (self._records, *self._evals.values(), self._tasks):
+            if tail is not None and tail.bad_lines:
+                n = tail.bad_lines
+                out.append(f"{os.path.relpath(tail.path, self.dir)}: {n} invalid line{'s' if n > 1 else ''} skipped")
+        return out
+
+    @property
+    def invalid_lines(self) -> int:
+        return sum(t.bad_lines for t in (self._records, self._tasks, *self._evals.values()) if t is not None)
 
     def continue_after(self, version: int) -> None:
         """Number this state's versions above `version` (an earlier state of the same run), so
@@ -346,15 +366,16 @@ class RunState:
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             # Rewritten in place (truncate + write): keep the last good value and retry later.
-            now = time.time()
-            if self._meta_bad_since is None:
-                self._meta_bad_since = now
-            if self.meta is None and now - max(self._meta_bad_since, st.st_mtime) >= METADATA_GRACE_S:
-                self.meta_error = f"metadata.json unreadable: {exc}"
+            # A file nobody has written to for a while is broken, and that is reported: as the
+            # run's error when there is no good value, else as a warning next to the last one.
+            if time.time() - st.st_mtime >= METADATA_GRACE_S:
+                if self.meta is None:
+                    self.meta_error = f"metadata.json unreadable: {exc}"
+                else:
+                    self.meta_warning = f"metadata.json unreadable ({exc}); showing its last readable content"
             return False
         self._meta_sig = sig
-        self._meta_bad_since = None
-        self.meta_error = None
+        self.meta_error = self.meta_warning = None
         if meta != self.meta:
             self.meta = meta
             return True
@@ -629,6 +650,7 @@ class RunState:
             "failed": failed,
             "progress": progress,
             "error": self.error,
+            "warnings": list(self.warnings),
         }
 
     # ------------------------------------------------------------------ sample text

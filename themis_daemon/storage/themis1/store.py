@@ -281,6 +281,11 @@ class Store:
 
     # ------------------------------------------------------------------ queries
 
+    @property
+    def invalid_lines(self) -> int:
+        """Lines skipped as invalid JSON across every run (for /metrics)."""
+        return sum(state.invalid_lines for state in list(self._runs.values()))
+
     def run_ids(self) -> List[str]:
         return list(self._runs)
 
