@@ -49,6 +49,7 @@ class StorageSettings:
     password_file: Optional[str] = None
     sources: List[Any] = field(default_factory=list)
     cache_dir: Optional[str] = None
+    max_line_bytes: int = 64 * 1024 * 1024
 
     def resolved_cache_dir(self) -> Optional[str]:
         """The persistent cache directory in use, or None when the cache is off ("")."""

@@ -65,7 +65,8 @@ class Daemon:
         self.settings = settings
         if store is None:
             store = open_sources(settings.storage.specs(), password_file=settings.storage.password_file,
-                                 cache_dir=settings.storage.resolved_cache_dir())
+                                 cache_dir=settings.storage.resolved_cache_dir(),
+                                 max_line_bytes=settings.storage.max_line_bytes)
         elif not isinstance(store, Sources):
             store = Sources([store])  # a single injected source (tests, embedders)
         self.store: Sources = store

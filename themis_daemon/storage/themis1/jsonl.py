@@ -29,12 +29,23 @@ HEADER_TYPE = "header"
 # most of them at once, bigger ones follow for long lines.
 FIRST_CHUNK = 2048
 CHUNK = 16 * 1024
+PLAIN_READ = 256 * 1024 * 1024
 EDGE_BYTES = 64  # how much of a file's start and of its end-of-read is remembered
 GZIP_ERRORS = (zlib.error, _zlib.error)
 
 
 class CorruptFile(Exception):
     """A complete unit that cannot be decoded: the file is damaged, not merely being written."""
+
+
+class LineTooLong(CorruptFile):
+    """A line beyond storage.max_line_bytes: not decoded, so it cannot exhaust memory."""
+
+
+class Limits:
+    """Process-wide reader limits (set from the configuration, also in scan workers)."""
+
+    max_line_bytes = 64 * 1024 * 1024
 
 
 class Unit(NamedTuple):
@@ -68,26 +79,38 @@ def _split_lines(data: bytes) -> List[bytes]:
 
 
 def _gunzip_member(view: memoryview, pos: int, base: int) -> Optional[Tuple[bytes, int]]:
-    """Decompress the gzip member starting at `pos`: (text, member length), or None if cut short."""
+    """Decompress the gzip member starting at `pos`: (text, member length), or None if cut short.
+
+    Decompression stops past `max_line_bytes` of text (LineTooLong): a small member can expand
+    to gigabytes."""
     d = _zlib.decompressobj(wbits=31)
+    cap = Limits.max_line_bytes
     cur = pos
     n = len(view)
+    parts: List[bytes] = []
+    size = 0
     try:
         chunk = view[cur:cur + FIRST_CHUNK]
-        text = d.decompress(chunk)
-        if d.eof:
-            return text, len(chunk) - len(d.unused_data)
-        parts = [text]
-        cur += len(chunk)
-        while cur < n:
-            chunk = view[cur:cur + CHUNK]
-            parts.append(d.decompress(chunk))
+        while True:
+            fed_end = cur + len(chunk)
+            while True:
+                text = d.decompress(chunk, cap + 1 - size)
+                size += len(text)
+                parts.append(text)
+                if size > cap:
+                    raise LineTooLong(f"a line longer than storage.max_line_bytes ({cap} bytes) "
+                                      f"in the gzip member at byte {base + pos}")
+                if d.eof or not d.unconsumed_tail:
+                    break
+                chunk = d.unconsumed_tail
             if d.eof:
-                return b"".join(parts), cur + len(chunk) - len(d.unused_data) - pos
-            cur += len(chunk)
+                return (parts[0] if len(parts) == 1 else b"".join(parts)), fed_end - len(d.unused_data) - pos
+            cur = fed_end
+            if cur >= n:
+                return None
+            chunk = view[cur:cur + CHUNK]
     except GZIP_ERRORS as exc:
         raise CorruptFile(f"bad gzip member at byte {base + pos}: {exc}") from exc
-    return None
 
 
 def gunzip(raw: bytes) -> bytes:
@@ -106,6 +129,7 @@ class JsonlTail:
         self.bad_lines = 0
         self.head = b""  # the file's first bytes and the bytes just before `offset`
         self.last = b""
+        self.failure: Optional[str] = None  # a line too long to decode, until the file changes
 
     def changed(self) -> Optional[os.stat_result]:
         """Return the stat result if the file moved since the last read, else None."""
@@ -130,7 +154,10 @@ class JsonlTail:
         if st is None:
             st = self.changed()
             if st is None:
+                if self.failure is not None:
+                    raise LineTooLong(self.failure)  # still there: not decoded again
                 return False, [], 0
+        self.failure = None
         reset = False
         if self.sig is not None and (st.st_ino != self.sig[0] or st.st_size < self.offset):
             self.restart()
@@ -138,16 +165,23 @@ class JsonlTail:
         with open(self.path, "rb") as fh:
             # The bytes before the offset come along: if they changed, the file was rewritten
             # (not appended to) and is read again from its start.
+            # Plain text is read in bounded helpings (gzip text is bounded per member).
+            limit = -1 if self.gz else max(4 * Limits.max_line_bytes, PLAIN_READ)
             fh.seek(self.offset - len(self.last))
-            data = fh.read()
+            data = fh.read(limit)
             if not data.startswith(self.last):
                 self.restart()
                 reset = True
                 fh.seek(0)
-                data = fh.read()
+                data = fh.read(limit)
             elif self.last:
                 data = data[len(self.last):]
-        kept, consumed, bad, seen = decode_lines(data, self.offset, self.gz, parse)
+            more = limit > 0 and len(data) >= limit - len(self.last)
+        try:
+            kept, consumed, bad, seen = decode_lines(data, self.offset, self.gz, parse)
+        except LineTooLong as exc:
+            self.sig, self.failure = (st.st_ino, st.st_size, st.st_mtime_ns), str(exc)
+            raise
         self.bad_lines += bad
         if consumed:
             if self.offset == 0:
@@ -155,7 +189,8 @@ class JsonlTail:
             self.last = (self.last + data[max(0, consumed - EDGE_BYTES):consumed])[-EDGE_BYTES:]
         self.offset += consumed
         # A torn tail stays unread; the writer completing it moves size and mtime again.
-        self.sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        # Unread helpings are read at the next call.
+        self.sig = None if more else (st.st_ino, st.st_size, st.st_mtime_ns)
         return reset, kept, seen
 
     def restart(self) -> None:
@@ -192,9 +227,14 @@ def decode_lines(data: bytes, base: int, gz: bool,
     bad = seen = 0
     if not gz:
         end = data.rfind(b"\n") + 1  # only newline-terminated lines are complete
+        cap = Limits.max_line_bytes
+        if len(data) - end > cap:
+            raise LineTooLong(f"a line longer than storage.max_line_bytes ({cap} bytes) at byte {base + end}")
         pos = base
         for line in data[:end].split(b"\n")[:-1]:
             length = len(line)
+            if length > cap:
+                raise LineTooLong(f"a line longer than storage.max_line_bytes ({cap} bytes) at byte {pos}")
             if line and not line.isspace():
                 seen += 1
                 try:

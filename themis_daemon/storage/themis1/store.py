@@ -20,6 +20,7 @@ import msgspec
 
 from ..base import RefreshResult, RunNotFound, bulk_allocation
 from .cache import RunCache
+from .jsonl import Limits
 from .run import RunState, View, mark_scan_worker
 
 log = logging.getLogger("themis_daemon.storage")
@@ -34,10 +35,11 @@ PARALLEL_MIN_BYTES = 8 * 1024 * 1024
 SAVE_EVERY_S = 60.0  # the persistent cache is rewritten at most this often (and at close)
 
 
-def _scan_worker_init() -> None:
+def _scan_worker_init(max_line_bytes: int) -> None:
     """A scan worker lives for one scan and builds only acyclic state: no garbage collection."""
     gc.disable()
     mark_scan_worker()
+    Limits.max_line_bytes = max_line_bytes
 
 
 def _scan_runs(items: List[tuple]) -> Dict[str, RunState]:
@@ -78,8 +80,11 @@ class Store:
     """
 
     def __init__(self, root: str, *, clock: Callable[[], float] = time.time, max_views: int = 16,
-                 scan_workers: Optional[int] = None, cache_dir: Optional[str] = None):
+                 scan_workers: Optional[int] = None, cache_dir: Optional[str] = None,
+                 max_line_bytes: Optional[int] = None):
         self.root = os.path.abspath(root)
+        if max_line_bytes:
+            Limits.max_line_bytes = max_line_bytes  # process-wide, like the setting
         self.name = os.path.basename(os.path.normpath(self.root)) or self.root  # shown as `source`
         self.scan_workers = scan_workers if scan_workers is not None else (os.cpu_count() or 1)
         self.max_views = max_views
@@ -259,7 +264,8 @@ class Store:
         if workers >= 2:
             try:
                 ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
-                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_scan_worker_init) as pool, \
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_scan_worker_init,
+                                         initargs=(Limits.max_line_bytes,)) as pool, \
                         bulk_allocation():  # results unpickle here
                     # Small batches: results come back (and unpickle here) while workers go on.
                     parts = workers * SCAN_BATCHES_PER_WORKER
