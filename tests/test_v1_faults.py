@@ -230,3 +230,62 @@ class TestHugeLine:
             fh.write(good)
         s = await until(lambda: _where(http_client, base_url, "gz-direct", lambda s: s["error"] is None))
         assert s["generated"] == generated
+
+
+def _outside_copies(plain_store, outside):
+    """A records file and a whole run folder outside the store, linked into it."""
+    os.makedirs(outside, exist_ok=True)
+    rec = run_path(plain_store, "fake-direct", "generation", "records.jsonl")
+    secret = os.path.join(outside, "records.jsonl")
+    with open(secret, "wb") as fh:
+        fh.write(open(rec, "rb").read().replace(b'\\"answer\\": \\"', b'\\"answer\\": \\"SECRET-'))
+    os.unlink(rec)
+    os.symlink(secret, rec)
+    import shutil
+
+    shutil.copytree(run_path(plain_store, "fake-terse"), os.path.join(outside, "linked-run"))
+    meta_path = os.path.join(outside, "linked-run", "metadata.json")
+    meta = json.load(open(meta_path))
+    meta["run_id"] = "linked-run"
+    json.dump(meta, open(meta_path, "w"))
+    os.symlink(os.path.join(outside, "linked-run"), run_path(plain_store, "linked-run"))
+
+
+class TestSymlinksOutside:
+    @pytest.fixture
+    def outside(self, tmp_path):
+        return str(tmp_path / "outside")
+
+    @pytest.fixture
+    def store_root(self, plain_store, outside):
+        _outside_copies(plain_store, outside)
+        return plain_store
+
+    @pytest.mark.gen_test(timeout=120)
+    async def test_links_leading_outside_the_store_are_not_followed(self, http_client, base_url, plain_store, caplog):
+        s = await until(lambda: _where(http_client, base_url, "fake-direct", lambda s: s["error"]))
+        assert "outside the storage root" in s["error"]
+        code, detail = await get(http_client, base_url + "/api/runs/fake-direct")
+        assert code == 200 and "SECRET" not in json.dumps(detail)
+        code, body = await get(http_client, base_url + "/api/runs")
+        assert "linked-run" not in {r["run_id"] for r in body}
+        assert (await get(http_client, base_url + "/api/runs/linked-run"))[0] == 404
+        assert "leads outside the storage root" in caplog.text
+        for other in ("fake-failed", "fake-live", "fake-terse"):
+            o = await listed(http_client, base_url, other)
+            assert o is not None and o["error"] is None
+
+
+class TestSymlinksIntoAllowedRoots(TestSymlinksOutside):
+    @pytest.fixture
+    def app_settings(self, outside):
+        return {"poll_interval": 0.05, "storage": {"extra_roots": [outside]}}
+
+    @pytest.mark.gen_test(timeout=120)
+    async def test_links_leading_outside_the_store_are_not_followed(self, http_client, base_url, plain_store, caplog):
+        s = await until(lambda: listed(http_client, base_url, "linked-run"))
+        assert s["error"] is None
+        s = await listed(http_client, base_url, "fake-direct")
+        assert s["error"] is None
+        code, detail = await get(http_client, base_url + "/api/runs/fake-direct")
+        assert code == 200 and "SECRET" in json.dumps(detail)

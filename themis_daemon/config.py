@@ -50,6 +50,7 @@ class StorageSettings:
     sources: List[Any] = field(default_factory=list)
     cache_dir: Optional[str] = None
     max_line_bytes: int = 64 * 1024 * 1024
+    extra_roots: List[str] = field(default_factory=list)
 
     def resolved_cache_dir(self) -> Optional[str]:
         """The persistent cache directory in use, or None when the cache is off ("")."""

@@ -7,10 +7,11 @@ one and pick up the rest on the next call, so a torn tail is never mistaken for 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import zlib
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 try:  # a C parser several times faster than json; json remains the reference and the fallback
     import orjson as _orjson
@@ -46,6 +47,37 @@ class Limits:
     """Process-wide reader limits (set from the configuration, also in scan workers)."""
 
     max_line_bytes = 64 * 1024 * 1024
+    # Store root (absolute, as configured) -> the real directories its files may resolve to:
+    # its own real path and the configured extra roots.
+    roots: Dict[str, Tuple[str, ...]] = {}
+
+
+class OutsideRoot(PermissionError):
+    """A file whose real path (after symlinks) is outside its store and the allowed roots."""
+
+
+def _within(path: str, roots: Tuple[str, ...]) -> bool:
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def open_checked(path: str):
+    """open(path, "rb"), refusing a file that resolves outside its store's allowed roots.
+
+    The check is made on the opened descriptor (what was actually opened), so swapping in a
+    symlink between a check and the open does not get around it."""
+    fh = open(path, "rb")
+    if Limits.roots:
+        for root, allowed in Limits.roots.items():
+            if path.startswith(root.rstrip(os.sep) + os.sep):
+                try:
+                    real = os.readlink(f"/proc/self/fd/{fh.fileno()}")
+                except OSError:
+                    real = os.path.realpath(path)
+                if not _within(real, allowed):
+                    fh.close()
+                    raise OutsideRoot(errno.EACCES, "a symlink leading outside the storage root", path)
+                break
+    return fh
 
 
 class Unit(NamedTuple):
@@ -162,7 +194,7 @@ class JsonlTail:
         if self.sig is not None and (st.st_ino != self.sig[0] or st.st_size < self.offset):
             self.restart()
             reset = True
-        with open(self.path, "rb") as fh:
+        with open_checked(self.path) as fh:
             # The bytes before the offset come along: if they changed, the file was rewritten
             # (not appended to) and is read again from its start.
             # Plain text is read in bounded helpings (gzip text is bounded per member).
@@ -205,7 +237,7 @@ class JsonlTail:
         inode, at least as long, the same first bytes and the same bytes before the offset
         reached): what a remembered position must pass before reading on from it."""
         try:
-            with open(self.path, "rb") as fh:
+            with open_checked(self.path) as fh:
                 st = os.fstat(fh.fileno())
                 if self.sig is None or st.st_ino != self.sig[0] or st.st_size < self.offset:
                     return False
@@ -275,7 +307,7 @@ def decode_lines(data: bytes, base: int, gz: bool,
 
 def read_unit(path: str, gz: bool, unit: Unit) -> Any:
     """Load one object again from its recorded position (sample text is never kept in memory)."""
-    with open(path, "rb") as fh:
+    with open_checked(path) as fh:
         fh.seek(unit.offset)
         raw = fh.read(unit.length)
     if gz:
@@ -288,7 +320,7 @@ def read_units(path: str, gz: bool, units: List[Unit]) -> List[Any]:
     """Load many objects from one file with a single open, in file order."""
     order = sorted(range(len(units)), key=lambda i: units[i].offset)
     out: List[Any] = [None] * len(units)
-    with open(path, "rb") as fh:
+    with open_checked(path) as fh:
         cache_off, cache_lines = -1, []
         for i in order:
             u = units[i]
@@ -311,7 +343,7 @@ def count_data_lines(path: str, gz: bool) -> Tuple[int, bool, Tuple[bytes, bytes
 
     Rows are counted, not parsed: only lines that look like a header are decoded.
     """
-    with open(path, "rb") as fh:
+    with open_checked(path) as fh:
         data = fh.read()
     headers = []
 

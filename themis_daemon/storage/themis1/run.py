@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..base import FINAL_STATUSES, finite_mean, stable_mean
-from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, read_units
+from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, open_checked, read_units
 from .lines import parse_evaluation, parse_record, parse_task
 from .tables import pack, unpack
 
@@ -358,7 +358,7 @@ class RunState:
         sig = (st.st_size, st.st_mtime_ns)
         if sig == self._meta_sig:
             return False
-        with open(path, "rb") as fh:
+        with open_checked(path) as fh:
             raw = fh.read()
         try:
             meta = json.loads(raw)
@@ -719,7 +719,7 @@ def _restore_tail(state: Optional[list]) -> Optional[JsonlTail]:
 def _edges_match(path: str, sig: list, head: bytes, last: bytes) -> bool:
     """The dataset file is the one counted: same inode, size, mtime, first and last bytes."""
     try:
-        with open(path, "rb") as fh:
+        with open_checked(path) as fh:
             st = os.fstat(fh.fileno())
             if (st.st_ino, st.st_size, st.st_mtime_ns) != tuple(sig) or fh.read(len(head)) != head:
                 return False

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import msgspec
 
@@ -35,11 +35,12 @@ PARALLEL_MIN_BYTES = 8 * 1024 * 1024
 SAVE_EVERY_S = 60.0  # the persistent cache is rewritten at most this often (and at close)
 
 
-def _scan_worker_init(max_line_bytes: int) -> None:
+def _scan_worker_init(max_line_bytes: int, roots: Dict[str, tuple]) -> None:
     """A scan worker lives for one scan and builds only acyclic state: no garbage collection."""
     gc.disable()
     mark_scan_worker()
     Limits.max_line_bytes = max_line_bytes
+    Limits.roots = roots
 
 
 def _scan_runs(items: List[tuple]) -> Dict[str, RunState]:
@@ -81,10 +82,13 @@ class Store:
 
     def __init__(self, root: str, *, clock: Callable[[], float] = time.time, max_views: int = 16,
                  scan_workers: Optional[int] = None, cache_dir: Optional[str] = None,
-                 max_line_bytes: Optional[int] = None):
+                 max_line_bytes: Optional[int] = None, extra_roots: Sequence[str] = ()):
         self.root = os.path.abspath(root)
         if max_line_bytes:
             Limits.max_line_bytes = max_line_bytes  # process-wide, like the setting
+        # Symlinks in the store may lead only into the store itself or these directories.
+        self.allowed = (os.path.realpath(self.root), *(os.path.realpath(r) for r in extra_roots))
+        Limits.roots[self.root] = self.allowed
         self.name = os.path.basename(os.path.normpath(self.root)) or self.root  # shown as `source`
         self.scan_workers = scan_workers if scan_workers is not None else (os.cpu_count() or 1)
         self.max_views = max_views
@@ -116,7 +120,7 @@ class Store:
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"storage root not found: {self.root}")
         try:
-            experiments = [e for e in os.scandir(exp_root) if e.is_dir()]
+            experiments = [e for e in os.scandir(exp_root) if e.is_dir() and (not e.is_symlink() or self._inside(e.path))]
         except FileNotFoundError:
             return found  # an empty root: Themis creates experiments/ on first use
         for exp in sorted(experiments, key=lambda e: e.name):
@@ -126,6 +130,8 @@ class Store:
                 continue
             for entry in entries:
                 if entry.name.startswith(".") or not entry.is_dir():
+                    continue
+                if entry.is_symlink() and not self._inside(entry.path):
                     continue
                 known = self._runs.get(entry.name)
                 if (known is None or known.dir != entry.path) and \
@@ -265,7 +271,7 @@ class Store:
             try:
                 ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
                 with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_scan_worker_init,
-                                         initargs=(Limits.max_line_bytes,)) as pool, \
+                                         initargs=(Limits.max_line_bytes, Limits.roots)) as pool, \
                         bulk_allocation():  # results unpickle here
                     # Small batches: results come back (and unpickle here) while workers go on.
                     parts = workers * SCAN_BATCHES_PER_WORKER
@@ -279,6 +285,15 @@ class Store:
             except (OSError, RuntimeError) as exc:  # e.g. no /dev/shm: fall back to one core
                 self._log_once(f"parallel scan unavailable ({exc}); scanning on one core")
         return _scan_runs(new)
+
+    def _inside(self, path: str) -> bool:
+        """A symlinked folder counts only if it leads into the store or an allowed root."""
+        real = os.path.realpath(path)
+        if any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.allowed):
+            return True
+        self._log_once(f"{path} leads outside the storage root (to {real}); not followed "
+                       "(storage.extra_roots allows more)")
+        return False
 
     def _log_once(self, message: str) -> None:
         if message not in self._logged:
