@@ -13,7 +13,9 @@ ones are built.
 2. restart: the same with the persistent cache the first daemon left, and the list must be
    byte-identical to the cold one;
 3. warm ``GET /api/runs`` with 32 connections, then the same client against a bare Tornado
-   handler returning a small JSON dict, in the same run: the ratio is the comparable figure;
+   handler returning a small JSON dict, in the same run: the ratio is the comparable figure
+   (and against a bare Tornado handler returning the daemon's own list body, which tells the
+   cost of sending that body from the daemon's own);
 4. resident memory of the daemon;
 5. the loop under load: a daemon serving STORE and BIG from an empty cache, probed with
    ``GET /`` every 10 ms while its cold scan, a cold detail of a 10,000-sample run and a cold
@@ -198,6 +200,38 @@ def stall(store: Path, big: Path, expected: int, big_ids: List[str]) -> Dict[str
     return out
 
 
+def bare_body_main(path: str, max_seconds: float) -> int:
+    """``--_bare-body FILE SECONDS``: a bare Tornado handler answering GET / with FILE's bytes
+    (the daemon's own list body), to tell the cost of the body from the daemon's own."""
+    import asyncio
+
+    import tornado.httpserver
+    import tornado.netutil
+    import tornado.web
+
+    body = Path(path).read_bytes()
+
+    class Body(tornado.web.RequestHandler):
+        def get(self) -> None:
+            self.set_header("Content-Type", "application/json")
+            self.finish(body)
+
+    async def serve() -> None:
+        socks = tornado.netutil.bind_sockets(0, HOST)
+        tornado.httpserver.HTTPServer(tornado.web.Application([(r"/", Body)])).add_sockets(socks)
+        print("on http://%s:%d" % (HOST, socks[0].getsockname()[1]), file=sys.stderr, flush=True)
+        await asyncio.sleep(max_seconds)
+
+    asyncio.run(serve())
+    return 0
+
+
+class BareBody(BareTornado):
+    def __init__(self, path: str, max_seconds: float):
+        super().__init__(max_seconds)
+        self.cmd = [sys.executable, str(Path(__file__).resolve()), "--_bare-body", path, str(max_seconds)]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--store", type=Path)
@@ -223,6 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         finally:
             d.stop()  # also writes the cache, which the first scan already did
         res["cold"] = cold["seconds"]
+        res["list_bytes"] = len(cold["body"])
         log("cold start %.2f s" % res["cold"])
         d = start([store], cache)
         try:
@@ -236,13 +271,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             res["hwm_mb"] = d.status().get("VmHWM", 0) / 1024
         finally:
             d.stop()
-        b = BareTornado(max_seconds=args.duration + 120)
-        try:
-            port = b.start(30)
-            run_load(args.load, port, "/", 2, CONNECTIONS, 2)
-            res["bare"] = run_load(args.load, port, "/", args.duration, CONNECTIONS, 2)
-        finally:
-            b.stop()
+        body_file = Path(cache) / "list.json"
+        body_file.write_bytes(cold["body"])
+        for key, b in (("bare", BareTornado(max_seconds=args.duration + 120)),
+                       ("bare_body", BareBody(str(body_file), args.duration + 120))):
+            try:
+                port = b.start(30)
+                run_load(args.load, port, "/", 2, CONNECTIONS, 2)
+                res[key] = run_load(args.load, port, "/", args.duration, CONNECTIONS, 2)
+            finally:
+                b.stop()
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     if not args.skip_stall:
@@ -262,6 +300,9 @@ def report(res: Dict[str, Any], store: Path, n: int, args) -> None:
         ("GET /api/runs warm, %d connections (%s)" % (CONNECTIONS, res["list"]["tool"]), ">= 0.85 x bare Tornado",
          "%.0f req/s, p99 %.1f ms = %.2f x bare Tornado %.0f req/s" % (
              rate, res["list"].get("p99_ms") or 0, ratio or 0, bare)),
+        ("  the same client, bare Tornado answering the same %.0f KB body" % (res["list_bytes"] / 1024), "(info)",
+         "%.0f req/s (the daemon: %.2f x that)" % (res["bare_body"]["rps"] or 0,
+                                                    rate / res["bare_body"]["rps"] if res["bare_body"]["rps"] else 0)),
         ("resident memory after the above (peak)", "< 600 MB", "%.0f MB (%.0f MB)" % (res["rss_mb"], res["hwm_mb"])),
     ]
     st = res.get("stall")
@@ -286,4 +327,6 @@ def report(res: Dict[str, Any], store: Path, n: int, args) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--_bare-body":
+        sys.exit(bare_body_main(sys.argv[2], float(sys.argv[3])))
     sys.exit(main())
