@@ -318,7 +318,7 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
     # inside the first comparison.
     from .web.compare import load_stats
 
-    preload = asyncio.ensure_future(load_stats())
+    preload = asyncio.ensure_future(load_stats(daemon.executor))
     watchdog_task = None
     if not stop.is_set():
         systemd.notify("READY=1", f"STATUS={status_line()}")

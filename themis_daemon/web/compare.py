@@ -15,17 +15,18 @@ ORIGINAL_TESTS = ("t_test", "bootstrap", "permutation", "none")
 STATS = "themis_daemon.stats"
 
 
-async def load_stats() -> Any:
-    """The statistics package (NumPy, SciPy): importing it takes seconds, so never on the loop."""
+async def load_stats(executor: Any) -> Any:
+    """The statistics package (NumPy, SciPy): importing it takes seconds, so never on the loop
+    (in the work pool, where a stop sees it as the running work it is)."""
     module = sys.modules.get(STATS)
     if module is None or getattr(module, "compare_runs", None) is None:  # absent, or still importing
-        module = await asyncio.get_running_loop().run_in_executor(None, importlib.import_module, STATS)
+        module = await asyncio.get_running_loop().run_in_executor(executor, importlib.import_module, STATS)
     return module
 
 
 class CompareHandler(BaseHandler):
     async def post(self) -> None:
-        stats = await load_stats()
+        stats = await load_stats(self.daemon.executor)
         CompareError, TESTS, compare_runs = stats.CompareError, stats.TESTS, stats.compare_runs
 
         body = self.json_body()
