@@ -33,6 +33,8 @@ TEST_REQUIRES = [
     "playwright>=1.40",
     # the PostgreSQL reader's tests (tests/test_pg_reader.py, against Debian's postgresql server)
     "psycopg[binary]>=3.1",
+    # `themis-daemon status --watch` under a pseudo-terminal
+    "pexpect>=4.8",
 ]
 
 setup(
@@ -64,6 +66,7 @@ setup(
         "pyyaml>=6.0",
         "prometheus_client>=0.17",
         "orjson>=3.9",
+        "rich>=13.0",
         # the Themis 1.x reader: typed decoding of only the fields it keeps, faster gzip
         "msgspec>=0.18",
         "zlib-ng>=0.4",

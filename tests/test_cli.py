@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import snapshot_tree
+from conftest import DATA, copy_store, snapshot_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -272,3 +272,145 @@ def test_empty_config_file_is_refused(tmp_path, plain_store):
     cfg.write_text("# nothing here\n")
     _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", plain_store, "--config", str(cfg)),
                      str(cfg), "empty")
+
+
+# ------------------------------------------------------------------------------ small frictions
+
+def test_serve_help_names_each_default_once():
+    res = run_cli("serve", "--help")
+    assert res.returncode == 0
+    assert "(default: None)" not in res.stdout and "(default: False)" not in res.stdout
+    text = " ".join(res.stdout.split())
+    assert text.count("(default 127.0.0.1)") == 1 and text.count("(default 8080)") == 1
+
+
+@pytest.mark.parametrize("entry", ["-m themis_daemon", "-c import sys; from themis_daemon.cli import main; sys.argv[0] = 'themis'; sys.exit(main())"])
+def test_bare_command_shows_help_and_exits_2(entry):
+    flag, _, rest = entry.partition(" ")
+    res = subprocess.run([PY, flag, rest], capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert res.returncode == 2
+    assert "usage:" in res.stderr and "serve" in res.stderr and "status" in res.stderr and res.stdout == ""
+
+
+def test_storage_naming_a_file_as_a_folder_says_what_it_is(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x\n")
+    line = _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", str(afile) + "/"), str(afile))
+    assert "is a file" in line and "not found" not in line
+
+
+@pytest.mark.parametrize("inner,what", [
+    ("experiments", "the experiments/ folder"),
+    ("experiments/default", "one experiment"),
+    ("experiments/default/runs", "the runs/ folder of one experiment"),
+])
+def test_storage_one_level_too_deep_names_the_root(plain_store, inner, what):
+    spec = os.path.join(plain_store, inner)
+    line = _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", spec), spec, what)
+    assert line.endswith(f"--storage {plain_store}")
+    # the named root is the one that works
+    d = Daemon("--storage", plain_store)
+    try:
+        assert len(d.get("/api/runs")[1]) == 5
+    finally:
+        d.stop()
+
+
+def test_storage_at_the_runs_folder_of_a_jsonl_store_names_the_root(tmp_path):
+    root = copy_store(os.path.join(DATA, "themis-v4", "jsonl", "store"), str(tmp_path / "jsonl"))
+    spec = os.path.join(root, "runs")
+    line = _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", spec), spec, "Themis 4 JSONL")
+    assert line.endswith(f"--storage {root}")
+
+
+def test_short_api_key_error_says_the_minimum_without_the_key():
+    res = run_cli("serve", "--port", "0", env={"THEMIS_AUTH_API_KEYS": "key1,key2"})
+    line = _one_line_exit_2(res, "THEMIS_AUTH_API_KEYS", "at least 8 characters")
+    assert "key1" not in line
+
+
+def test_api_key_files_are_checked_at_start(tmp_path, plain_store):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"auth:\n  api_key_files: [{tmp_path / 'missing'}]\n")
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", plain_store, "--config", str(cfg)),
+                     "cannot read", str(tmp_path / "missing"))
+    keys = tmp_path / "keys"
+    keys.write_text("# team keys\nlong-enough-key-1\nshort\n")
+    cfg.write_text(f"auth:\n  api_key_files: [{keys}]\n")
+    line = _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", plain_store, "--config", str(cfg)),
+                            f"{keys} line 3", "at least 8 characters")
+    assert "short" not in line.replace("(this one has 5)", "")
+    # systemd's credential file is held to the same rule
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "api_keys").write_text("tiny\n")
+    _one_line_exit_2(run_cli("serve", "--port", "0", "--storage", plain_store, env={"CREDENTIALS_DIRECTORY": str(creds)}),
+                     "api_keys line 1", "at least 8 characters")
+
+
+def test_readme_examples_of_api_keys_are_accepted():
+    from themis_daemon.config import MIN_API_KEY_LENGTH, load_settings
+
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    examples = re.findall(r"THEMIS_AUTH_API_KEYS=([^\s`]+)", readme)
+    assert examples
+    for value in examples:
+        settings = load_settings(None, environ={"THEMIS_AUTH_API_KEYS": value})
+        assert settings.auth.api_keys and all(len(k) >= MIN_API_KEY_LENGTH for k in settings.auth.api_keys)
+    assert f"at least {MIN_API_KEY_LENGTH} characters" in readme
+
+
+def test_misspelt_environment_variable_is_named_with_the_nearest_setting(plain_store):
+    d = Daemon("--storage", plain_store, env={"THEMIS_SERVER_PROT": "9999", "THEMIS_API_KEY": "client-side-key"})
+    try:
+        text = "".join(d.lines)
+        assert "THEMIS_SERVER_PROT" in text and "did you mean THEMIS_SERVER_PORT" in text
+        assert "THEMIS_API_KEY " not in text  # the status client's variable is no typo
+    finally:
+        d.stop()
+
+
+def test_demo_first_log_line_points_at_the_dashboard(tmp_path):
+    d = Daemon("--demo", env={"TMPDIR": str(tmp_path)})
+    try:
+        first = d.lines[0]
+        assert f"http://127.0.0.1:{d.port}/dashboard/" in first, d.lines
+        assert urllib.request.urlopen(f"http://127.0.0.1:{d.port}/dashboard/", timeout=10).status == 200
+    finally:
+        assert d.stop() == 0
+    assert not list(tmp_path.glob("themis-demo-*"))
+
+
+def test_demo_that_cannot_listen_removes_its_temporary_copy(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = run_cli("serve", "--demo", "--host", "127.0.0.1", "--port", str(port), env={"TMPDIR": str(tmp_path)})
+    assert res.returncode == 1 and "already in use" in res.stderr
+    assert not list(tmp_path.glob("themis-demo-*")), list(tmp_path.iterdir())
+
+
+def _bash_blocks(readme):
+    return re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+
+
+def test_readme_test_command_does_not_replace_the_demos_install():
+    """Installing the test extras into the demo's environment replaced its installed package
+    (static files included) under the running demo, whose dashboard then answered 404."""
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    blocks = _bash_blocks(readme)
+    demo = next(b for b in blocks if "serve --demo" in b)
+    tests = next(b for b in blocks if "pytest" in b)
+
+    def installs(block):
+        venvs = re.findall(r"python3 -m venv (\S+)", block)
+        return venvs, re.findall(r"pip install (.+?)(?:\s*&&|\n|$)", block)
+
+    demo_venvs, demo_pip = installs(demo)
+    test_venvs, test_pip = installs(tests)
+    assert demo_venvs and test_venvs
+    shared = set(demo_venvs) & set(test_venvs)
+    if shared:
+        # the same environment: the test block must not install again, or install exactly the same
+        assert not test_pip or test_pip == demo_pip, (demo_pip, test_pip)

@@ -190,9 +190,10 @@ def test_swagger_ui_renders_offline(open_page):
     p = open_page()
     page = p.goto("/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("Themis daemon API")
-    expect(page.locator(".opblock-summary-path", has_text="/api/compare")).to_be_visible()
+    expect(page.locator('.opblock-summary-path[data-path="/api/compare"]')).to_be_visible()
     paths = page.locator(".opblock-summary-path").all_inner_texts()
-    for path in ("/api/runs", "/api/runs/{run_id}", "/ws", "/openapi.json", "/healthz"):
+    for path in ("/api/runs", "/api/runs/{run_id}", "/ws", "/openapi.json", "/healthz", "/api/compare/samples",
+                 "/api/runs/{run_id}/samples"):
         assert any(t.strip().replace("\u200b", "") == path for t in paths), (path, paths)
     # The schemas render too (RunSummary, Problem, ...).
     expect(page.locator(".models")).to_contain_text("RunSummary")
@@ -223,10 +224,10 @@ def test_runs_table_lists_runs_and_filters(open_page):
     row = page.locator('tr[data-run-id="fake-live"]')
     expect(row.locator(".badge")).to_have_text("stalled")  # in progress, files idle for an hour
     assert progress_of(page, "fake-live") == 70.0
-    expect(row).to_contain_text("10 / 20")
+    expect(row).to_contain_text("14 / 20")  # the samples the 70 % counts (14 generated)
     expect(row).to_contain_text("ExactMatch")
     expect(page.locator('tr[data-run-id="fake-swapped"]')).to_contain_text("2 failed")
-    expect(page.locator('tr[data-run-id="fake-direct"]')).to_contain_text("2026-")
+    expect(page.locator('tr[data-run-id="fake-direct"] td.col-created')).to_contain_text("2026")  # in the browser's locale
     p.shot("dashboard-runs.png")
 
     page.select_option("#filter-status", "completed")
@@ -385,12 +386,11 @@ def test_compare_shows_a_significant_winner(open_page):
     p.shot("dashboard-compare.png")
 
     # Only ExactMatch, and the link is shareable.
-    page.fill("#compare-metrics", "ExactMatch")
+    page.check('#compare-metrics input[data-metric="ExactMatch"]')
     page.click("#compare-button")
     expect(page.locator("#pairwise-table tbody tr")).to_have_count(1)
     assert "runs=fake-direct%2Cfake-terse" in page.url and "test=permutation" in page.url
-    page.fill("#compare-metrics", "NoSuchMetric")
-    page.click("#compare-button")
+    page.goto(p.base + "/dashboard/#/compare?runs=fake-direct,fake-terse&metrics=NoSuchMetric&run=1")
     expect(page.locator("#compare-output .error")).to_contain_text("NoSuchMetric")
     p.check_clean(allowed_errors=("400",))
 

@@ -108,7 +108,7 @@ def test_document_is_built_from_the_schema_files():
         node = doc
         for part in ref[2:].split("/"):
             node = node[part]
-    for name in ("RunSummary", "RunDetail", "CompareResult", "Problem", "Health", "Benchmarks", "WsServerMessage"):
+    for name in ("RunSummary", "RunDetail", "CompareResult", "CompareSamples", "Problem", "Health", "Benchmarks", "WsServerMessage"):
         assert name in schemas
         Draft202012Validator.check_schema(schemas[name])
 
@@ -166,6 +166,11 @@ async def test_real_answers_match_the_documented_schemas(http_client, base_url):
         {"run_ids": ["fake-direct", "fake-terse", "fake-swapped"], "statistical_test": "bootstrap", "n_resamples": 200}))
     assert resp.code == 200
     assert_valid(doc, "CompareResult", body)
+    for kind, metric in (("a_only", "ExactMatch"), ("by_delta", "ResponseLength")):
+        resp, body = await get_json(http_client, base_url, "/api/compare/samples?run_a=fake-direct&run_b=fake-swapped"
+                                                           f"&metric={metric}&kind={kind}")
+        assert resp.code == 200 and body["items"]
+        assert_valid(doc, "CompareSamples", body)
     for path, kw, status in (("/api/runs/nope", {}, 404), ("/nowhere", {}, 404),
                              ("/api/compare", {"method": "POST", "headers": JSON,
                                                "body": '{"run_ids": ["fake-direct", "fake-terse"], "x": 1}'}, 422)):

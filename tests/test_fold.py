@@ -224,3 +224,26 @@ def test_huge_scores_give_a_mean_not_an_overflow():
         feed.case(f"c{i}", scores={"builtin/exact_match": 1.0, "builtin/f1": 1.5e308})
     means = fold.metric_means()
     assert means["builtin/f1"] == 1.5e308 and means["builtin/exact_match"] == 1.0
+
+
+def test_a_fold_sent_between_processes_folds_on_identically():
+    """Cold scans ship folds from worker processes packed; the receiver unpacks on first use."""
+    import pickle
+
+    fold, feed = fresh(cases=6)
+    feed("run_started")
+    feed.case("c0")
+    feed.case("c1", scores={METRICS[0]: 0.0, METRICS[1]: 0.5})
+    feed("generation_failed", case_id="c2", candidate_id="k", error_message="boom")
+    copy = pickle.loads(pickle.dumps(fold))
+    assert "cases" not in copy.__dict__  # still packed: nothing built until needed
+    assert summary_fields(copy) == summary_fields(fold)
+    for target in (fold, copy):
+        replay = Feed(target)
+        replay.pos = feed.pos
+        replay.case("c3")
+        replay("score_failed", case_id="c0", metric_id=METRICS[1], error={"reason": "judge down"})
+        replay("run_completed", completed_through_stage="score")
+    assert summary_fields(copy) == summary_fields(fold)
+    assert copy.paired_scores() == fold.paired_scores()
+    assert {k: c.__reduce__()[1] for k, c in copy.cases.items()} == {k: c.__reduce__()[1] for k, c in fold.cases.items()}

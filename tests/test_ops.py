@@ -615,7 +615,7 @@ def test_service_unit_has_the_required_settings():
     assert "@system-service" in unit["SystemCallFilter"]
     assert "THEMIS_CONFIG=/etc/themis-daemon/config.yaml" in unit["Environment"]
     assert unit["WatchdogSec"] and unit["ReadOnlyPaths"] and unit["UMask"]
-    assert unit["ExecStart"][0].split()[:2] == ["/usr/local/bin/themis-daemon", "serve"]
+    assert unit["ExecStart"][0].split()[:2] == ["/opt/themis-daemon/current/bin/themis-daemon", "serve"]
 
 
 def _systemd_analyze():
@@ -632,7 +632,7 @@ def _installable_units(tmp_path):
         script = shutil.which("themis-daemon")
     assert script, "the themis-daemon console script is not installed"
     with open(SERVICE) as fh:
-        text = fh.read().replace("ExecStart=/usr/local/bin/themis-daemon", f"ExecStart={script}")
+        text = fh.read().replace("ExecStart=/opt/themis-daemon/current/bin/themis-daemon", f"ExecStart={script}")
     service = tmp_path / "themis-daemon.service"
     service.write_text(text)
     sock = tmp_path / "themis-daemon.socket"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
@@ -149,9 +150,17 @@ class Settings:
         for path in files:
             try:
                 with open(path, encoding="utf-8") as fh:
-                    keys.extend(ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#"))
+                    lines = list(fh)
             except OSError as exc:
-                raise ConfigError(f"auth.api_key_files: cannot read {path}: {exc.strerror or exc}") from exc
+                raise ConfigError(f"auth.api_key_files: cannot read {path}: {exc.strerror or exc}") from None
+            for number, line in enumerate(lines, 1):
+                key = line.strip()
+                if not key or key.startswith("#"):
+                    continue
+                if len(key) < MIN_API_KEY_LENGTH:  # as for keys in the config (the schema's minLength)
+                    raise ConfigError(f"{path} line {number}: an API key needs at least {MIN_API_KEY_LENGTH} "
+                                      f"characters (this one has {len(key)})")
+                keys.append(key)
         return keys
 
 
@@ -163,6 +172,10 @@ def _path_of(error) -> str:
     return ".".join(parts) or "<root>"
 
 
+SECRET_KEYS = {("auth", "api_keys")}
+MIN_API_KEY_LENGTH = 8
+
+
 def _check(doc: Mapping[str, Any], source: str) -> None:
     errors = validation_errors("config", doc)
     if errors:
@@ -170,6 +183,12 @@ def _check(doc: Mapping[str, Any], source: str) -> None:
         key = _path_of(err)
         if err.validator == "additionalProperties":
             raise ConfigError(f"{source}: unknown key '{key}'")
+        if tuple(str(p) for p in err.absolute_path)[:2] in SECRET_KEYS:
+            # Never echo a key, not even a rejected one: error lines end up in logs.
+            if err.validator == "minLength":
+                raise ConfigError(f"{source}: invalid value for '{key}': an API key needs at least "
+                                  f"{err.validator_value} characters (this one has {len(err.instance)})")
+            raise ConfigError(f"{source}: invalid value for '{key}' (value not shown)")
         raise ConfigError(f"{source}: invalid value for '{key}': {err.message}")
 
 
@@ -236,40 +255,98 @@ def _coerce(raw: str, schema: Mapping[str, Any], name: str) -> Any:
     return raw
 
 
-def from_environ(environ: Mapping[str, str]) -> Dict[str, Any]:
-    """THEMIS_<SECTION>_<KEY> variables, typed after the config schema."""
+def environment_names() -> Dict[str, Tuple[str, ...]]:
+    """Every THEMIS_* variable that sets something, mapped to its (section, key) path."""
     schema = load_schema("config")
-    out: Dict[str, Any] = {}
+    names: Dict[str, tuple] = {}
     for section, sec_schema in schema["properties"].items():
         if sec_schema.get("type") == "object":
-            for key, key_schema in sec_schema["properties"].items():
-                name = f"THEMIS_{section}_{key}".upper()
-                if name in environ:
-                    out.setdefault(section, {})[key] = _coerce(environ[name], key_schema, name)
+            for key in sec_schema["properties"]:
+                names[f"THEMIS_{section}_{key}".upper()] = (section, key)
         else:
-            name = f"THEMIS_{section}".upper()
-            if name in environ:
-                out[section] = _coerce(environ[name], sec_schema, name)
-    if out:
-        _check(out, "environment")
+            names[f"THEMIS_{section}".upper()] = (section,)
+    return names
+
+
+# THEMIS_* variables that are no setting but are read elsewhere: the config file's location and
+# the `status` client's key and URL.
+OTHER_VARIABLES = ("THEMIS_CONFIG", "THEMIS_API_KEY", "THEMIS_URL")
+
+
+def unknown_environment(environ: Mapping[str, str]) -> List[str]:
+    """One warning per THEMIS_* variable that sets nothing, naming the nearest real one.
+
+    A misspelt variable is otherwise silently ignored; it is only a warning because other tools
+    may own THEMIS_* names too."""
+    known = list(environment_names()) + list(OTHER_VARIABLES)
+    out = []
+    for name in sorted(environ):
+        if not name.startswith("THEMIS_") or name in known:
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        out.append(f"environment variable {name} is not a themis-daemon setting and is ignored{hint}")
+    return out
+
+
+def from_environ(environ: Mapping[str, str]) -> Dict[str, Any]:
+    """THEMIS_<SECTION>_<KEY> variables, typed after the config schema; errors name the variable."""
+    schema = load_schema("config")
+    out: Dict[str, Any] = {}
+    for name, path in environment_names().items():
+        if name not in environ:
+            continue
+        if len(path) == 2:
+            value = _coerce(environ[name], schema["properties"][path[0]]["properties"][path[1]], name)
+            _check({path[0]: {path[1]: value}}, name)
+            out.setdefault(path[0], {})[path[1]] = value
+        else:
+            value = _coerce(environ[name], schema["properties"][path[0]], name)
+            _check({path[0]: value}, name)
+            out[path[0]] = value
+    return out
+
+
+def _leaves(doc: Mapping[str, Any]) -> List[Tuple[str, ...]]:
+    """The (section, key) or (section,) paths a layer sets."""
+    out = []
+    for section, value in doc.items():
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(getattr(Settings(), section, None)):
+            out.extend((section, key) for key in value)
+        else:
+            out.append((section,))
     return out
 
 
 def load_settings(config_file: Optional[str] = None, *, environ: Optional[Mapping[str, str]] = None,
                   overrides: Optional[Mapping[str, Any]] = None) -> Settings:
     """Build Settings from the layers; raises ConfigError with a one-line message."""
+    return load_settings_with_origins(config_file, environ=environ, overrides=overrides)[0]
+
+
+def load_settings_with_origins(config_file: Optional[str] = None, *, environ: Optional[Mapping[str, str]] = None,
+                               overrides: Optional[Mapping[str, Any]] = None) -> Tuple[Settings, Dict[str, str]]:
+    """Settings, and where each setting came from: `{"server.port": "env THEMIS_SERVER_PORT"}`;
+    settings no layer set are "default". Origins are `default`, `file PATH`, `env NAME`, `flag`."""
     environ = os.environ if environ is None else environ
     merged = Settings().as_dict()
+    origins: Dict[str, str] = {".".join(p): "default" for p in _leaves(merged)}
     if config_file is None and environ.get("THEMIS_CONFIG"):
         config_file = environ["THEMIS_CONFIG"]
     if config_file:
-        merged = _merge(merged, read_file(config_file))
-    merged = _merge(merged, from_environ(environ))
+        layer = read_file(config_file)
+        merged = _merge(merged, layer)
+        origins.update({".".join(p): f"file {config_file}" for p in _leaves(layer)})
+    layer = from_environ(environ)
+    merged = _merge(merged, layer)
+    names = {path: name for name, path in environment_names().items()}
+    origins.update({".".join(p): f"env {names[p]}" for p in _leaves(layer)})
     if overrides:
         _check(overrides, "command line")
         merged = _merge(merged, overrides)
+        origins.update({".".join(p): "flag" for p in _leaves(overrides)})
     _check(merged, "configuration")
-    return build(merged, config_file)
+    return build(merged, config_file), origins
 
 
 def build(doc: Mapping[str, Any], config_file: Optional[str] = None) -> Settings:

@@ -22,6 +22,7 @@ COMPONENT_FILES = {
     "RunSummary": "responses/run_summary",
     "RunDetail": "responses/run_detail",
     "CompareResult": "responses/compare_result",
+    "CompareSamples": "responses/compare_samples",
     "Problem": "responses/problem",
     "Health": "responses/health",
     "Benchmarks": "responses/benchmarks",
@@ -132,6 +133,7 @@ def _paths() -> Dict[str, Any]:
     from .storage import STATUSES
     from .stats import TESTS
     from .web.runs import MAX_PAGE, SORT_KEYS
+    from .web.samples import DEFAULT_LIMIT, FIXED_COLUMNS, MAX_LIMIT
 
     etag = {"ETag": {"description": "Entity tag; send it back as If-None-Match to get 304.",
                      "schema": {"type": "string"}}}
@@ -246,6 +248,63 @@ def _paths() -> Dict[str, Any]:
                 "413": _problem("Request body too large."),
                 "415": _problem("Unsupported content type."),
                 "422": _problem("The body does not match the CompareRequest schema (`errors` lists the violations)."),
+            },
+        }},
+        "/api/runs/{run_id}/samples": {"get": {
+            "tags": ["runs"], "operationId": "downloadRunSamples", "summary": "Download a run's samples",
+            "description": "Every evaluated sample of the run, streamed in chunks (`Transfer-Encoding: chunked`) "
+                           "with `Content-Disposition: attachment`. `jsonl`: one RunDetail sample object per line "
+                           "(with `reference` and, for Themis 1.x, per-metric `details`). `csv` (RFC 4180, UTF-8): "
+                           "columns " + ", ".join(f"`{c}`" for c in FIXED_COLUMNS) + " then one column per metric "
+                           "(sorted by name; a metric named like a fixed column gets a `score:` prefix); non-string "
+                           "references are JSON-encoded, a missing score is an empty cell.",
+            "parameters": [run_id,
+                           {"name": "format", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": ["jsonl", "csv"], "default": "jsonl"}}],
+            "responses": {
+                "200": {"description": "The samples.",
+                        "headers": {"Content-Disposition": {"schema": {"type": "string"},
+                                                            "description": "`attachment; filename=\"<run>-samples.<format>\"`"},
+                                    "X-Total-Count": {"schema": {"type": "integer"},
+                                                      "description": "Samples in the download."}},
+                        "content": {"text/csv": {"schema": {"type": "string"}},
+                                    "application/x-ndjson": {"schema": {"type": "string"}}}},
+                "400": _problem("Unknown format."),
+                **_auth_errors(),
+                "404": {"$ref": "#/components/responses/NotFound"},
+                "503": _problem("The store cannot be read right now (retry)."),
+            },
+        }},
+        "/api/compare/samples": {"get": {
+            "tags": ["compare"], "operationId": "compareSamples", "summary": "The samples behind a comparison",
+            "description": "The samples two runs are paired on for one metric (paired exactly as `POST /api/compare` "
+                           "pairs them: repeats averaged, common sample ids, sample-id order). For a 0/1 metric "
+                           "`kind` picks a cell of the 2x2 table: `a_only` (A right, B wrong) and `b_only` (A wrong, "
+                           "B right) are the discordant pairs McNemar's test counts (the compare row's "
+                           "`discordant_a_only`/`discordant_b_only`), `both` and `neither` the concordant ones. "
+                           "`by_delta` (any metric) lists every pair by |A - B|, largest first. `counts` always "
+                           "holds the whole table for a 0/1 metric.",
+            "parameters": [
+                {"name": "run_a", "in": "query", "required": True, "schema": {"type": "string"},
+                 "description": "Run A (a Themis 4 run may be named by a unique prefix of >= 8 hex characters)."},
+                {"name": "run_b", "in": "query", "required": True, "schema": {"type": "string"},
+                 "description": "Run B; must differ from A."},
+                {"name": "metric", "in": "query", "required": True, "schema": {"type": "string"}},
+                {"name": "kind", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["a_only", "b_only", "both", "neither", "by_delta"],
+                            "default": "by_delta"}},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+                {"name": "offset", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "default": 0}},
+            ],
+            "responses": {
+                "200": _json(_ref("CompareSamples"), "One page of paired samples."),
+                "400": _problem("A missing parameter, an unknown kind, the same run twice, a metric one of the "
+                                "runs does not have, or a cell kind for a metric that is not 0/1."),
+                **_auth_errors(),
+                "404": {"$ref": "#/components/responses/NotFound"},
+                "503": _problem("The store cannot be read right now (retry)."),
             },
         }},
         "/api/benchmarks": {"get": {

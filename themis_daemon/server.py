@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import importlib
 import logging
 import os
 import shutil
@@ -28,7 +29,7 @@ import tornado.netutil
 import tornado.process
 
 from . import systemd
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, unknown_environment
 from .httpserver import DrainingHTTPServer
 from .logs import setup_logging
 
@@ -86,6 +87,17 @@ def describe_sockets(sockets: List[socket.socket]) -> str:
         elif s.family == socket.AF_UNIX:
             out.append("unix:%s" % (s.getsockname() or "?"))
     return ", ".join(out) or "inherited sockets"
+
+
+def dashboard_url(sockets: List[socket.socket]) -> Optional[str]:
+    """Where a browser finds the dashboard: the first TCP socket (a wildcard address as loopback)."""
+    for s in sockets:
+        if s.family in (socket.AF_INET, socket.AF_INET6):
+            host, port = s.getsockname()[:2]
+            if host in ("0.0.0.0", "::"):
+                host = "127.0.0.1" if s.family == socket.AF_INET else "::1"
+            return f"http://{'[%s]' % host if ':' in host else host}:{port}/dashboard/"
+    return None
 
 
 def _bind_error(settings: Settings, exc: OSError) -> str:
@@ -176,24 +188,26 @@ def run(settings: Settings, *, reload: bool = False, demo: bool = False,
         signal.signal(signal.SIGHUP, _remember_reload)
     except ValueError:  # not the main thread: the embedding program owns signals
         pass
+    for warning in unknown_environment(os.environ):
+        log.warning("%s", warning)
     demo_dir = None
-    if demo:
-        demo_dir = demo_root()
-        settings.storage.path = None
-        settings.storage.url = None
-        settings.storage.sources = demo_sources(demo_dir)
-    problem = check_storage(settings)
-    if problem:
-        sys.stderr.write(f"themis-daemon: error: {problem}\n")
-        return 2
-    try:
-        sockets = bind(settings)
-    except OSError as exc:
-        sys.stderr.write(f"themis-daemon: error: {_bind_error(settings, exc)}\n")
-        return 1
-    if overrides is None:
-        overrides = cli_overrides(settings)
-    try:
+    try:  # the demo's temporary copy goes away however start-up ends
+        if demo:
+            demo_dir = demo_root()
+            settings.storage.path = None
+            settings.storage.url = None
+            settings.storage.sources = demo_sources(demo_dir)
+        problem = check_storage(settings)
+        if problem:
+            sys.stderr.write(f"themis-daemon: error: {problem}\n")
+            return 2
+        try:
+            sockets = bind(settings)
+        except OSError as exc:
+            sys.stderr.write(f"themis-daemon: error: {_bind_error(settings, exc)}\n")
+            return 1
+        if overrides is None:
+            overrides = cli_overrides(settings)
         if settings.server.workers > 1 and not reload:
             from .supervisor import Supervisor
 
@@ -216,13 +230,18 @@ def _run_worker(settings: Settings, sockets: List[socket.socket], *, reload: boo
         from .demo.live4 import Themis4DemoThread
 
         demo_writers = [DemoWriterThread(os.path.join(demo_dir, "themis1")), Themis4DemoThread(demo_v4_store(demo_dir))]
+
+    def start_writers() -> None:  # once the first log line has said where the dashboard is
         for thread in demo_writers:
             thread.start()
+
     try:
-        code = asyncio.run(_serve(settings, sockets, reload=reload, demo_dir=demo_dir, overrides=overrides))
+        code = asyncio.run(_serve(settings, sockets, reload=reload, demo_dir=demo_dir, overrides=overrides,
+                                  on_serving=start_writers))
     finally:
         for thread in demo_writers:
-            thread.stop()
+            if thread.is_alive():
+                thread.stop()
     _abandon_running_work(code)
     return code
 
@@ -249,7 +268,8 @@ def _abandon_running_work(code: int) -> None:
 
 
 async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bool,
-                 demo_dir: Optional[str], overrides: Optional[Dict[str, Any]] = None) -> int:
+                 demo_dir: Optional[str], overrides: Optional[Dict[str, Any]] = None,
+                 on_serving: Optional[Any] = None) -> int:
     from .web.app import create_app
 
     # Work threads (details, comparisons, storage polls) hand the GIL over at this interval:
@@ -297,10 +317,17 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
 
     # Serve (and say so) only once the signal handlers are in place.
     server.add_sockets(sockets)
-    log.info("themis-daemon %sserving %s on %s", "" if worker is None else f"worker {worker} ",
-             storage_label(settings), addrs)
+    dashboard = dashboard_url(sockets)
+    if demo_dir:
+        log.info("themis-daemon %sdemo: open %s (demo stores on %s, a temporary copy in %s)",
+                 "" if worker is None else f"worker {worker} ", dashboard or "the dashboard", addrs, demo_dir)
+    else:
+        log.info("themis-daemon %sserving %s on %s%s", "" if worker is None else f"worker {worker} ",
+                 storage_label(settings), addrs, f"; dashboard: {dashboard}" if dashboard else "")
     if demo_dir and worker in (None, 0):
-        print(f"themis-daemon demo: serving {demo_dir} on {addrs}", flush=True)
+        print(f"themis-daemon demo: open {dashboard or addrs} in a browser", flush=True)
+    if on_serving is not None:
+        on_serving()
 
     # READY=1 only once the sockets listen and the first storage scan is done; a big store may
     # take long to scan, so keep extending systemd's start timeout meanwhile.
@@ -315,10 +342,11 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
     if first_scan.done() and first_scan.exception() is not None:
         log.error("%sfirst storage scan failed: %s", who, first_scan.exception())
     # The statistics stack takes seconds to import: load it now, off the loop, rather than
-    # inside the first comparison.
-    from .web.compare import load_stats
+    # inside the first comparison (a daemon thread: a stop neither waits for it nor counts it
+    # as abandoned work).
+    from .web.compare import STATS
 
-    preload = asyncio.ensure_future(load_stats(daemon.executor))
+    threading.Thread(target=importlib.import_module, args=(STATS,), name="themis-preload", daemon=True).start()
     watchdog_task = None
     if not stop.is_set():
         systemd.notify("READY=1", f"STATUS={status_line()}")
@@ -350,7 +378,6 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
     if not first_scan.done():
         first_scan.cancel()
     stopped.cancel()
-    preload.cancel()
     daemon.close()
     log.info("%sstopped", who)
     return 0

@@ -44,6 +44,10 @@ def detect(spec: str) -> str:
         hint = " (MongoDB stores are not supported yet)" if scheme.startswith("mongodb") else ""
         raise NotAStore(f"{spec.split('@')[-1]}: unsupported URL scheme {scheme!r}{hint}; expected {EXPECTED}")
     if not os.path.exists(spec):
+        bare = spec.rstrip("/" + os.sep)
+        if bare and bare != spec and os.path.isfile(bare):  # `afile/`: it exists, as a file
+            raise NotAStore(f"{spec}: names a directory, but {bare} is a file; give an SQLite file "
+                            f"without the trailing '/', or {EXPECTED}")
         raise NotAStore(f"{spec}: not found; expected {EXPECTED}")
     if os.path.isfile(spec):
         if looks_like_sqlite(spec):
@@ -53,6 +57,9 @@ def detect(spec: str) -> str:
         raise NotAStore(f"{spec}: neither a file nor a directory; expected {EXPECTED}")
     if os.path.isdir(os.path.join(spec, "experiments")):
         return "themis1"
+    too_deep = themis1_inner_folder(spec)
+    if too_deep:
+        raise NotAStore(too_deep)
     if os.path.isdir(os.path.join(spec, "runs")):
         return "jsonl"
     try:
@@ -61,7 +68,44 @@ def detect(spec: str) -> str:
         raise NotAStore(f"{spec}: cannot be listed ({exc.strerror}); expected {EXPECTED}") from None
     if empty:
         return "themis1"  # Themis 1.x creates experiments/ on first use
+    if any(os.path.isfile(os.path.join(d, "snapshot.json")) for d in _subdirs(spec)):
+        raise NotAStore(f"{spec}: the runs/ folder of a Themis 4 JSONL store, which would serve no runs; "
+                        f"give the store root (the folder holding runs/) instead: --storage "
+                        f"{os.path.dirname(os.path.abspath(spec))}")
     raise NotAStore(f"{spec}: a directory with neither experiments/ nor runs/; expected {EXPECTED}")
+
+
+def _is_themis1_run(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "metadata.json")) and not os.path.exists(os.path.join(path, "snapshot.json"))
+
+
+def _subdirs(path: str) -> List[str]:
+    try:
+        return [e.path for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def themis1_inner_folder(spec: str) -> Optional[str]:
+    """Why `spec` is a folder inside a Themis 1.x storage root, naming the root to give; else None.
+
+    `--storage` one level too deep (at `experiments/`, at one experiment or at its `runs/`)
+    would otherwise be read as an empty store and serve no runs without a word."""
+    spec_abs = os.path.abspath(spec)
+
+    def has_runs(exp: str) -> bool:
+        return any(_is_themis1_run(r) for r in _subdirs(os.path.join(exp, "runs")))
+
+    if any(_is_themis1_run(r) for r in _subdirs(spec_abs)):  # .../experiments/<exp>/runs
+        what, root = "the runs/ folder of one experiment", os.path.dirname(os.path.dirname(os.path.dirname(spec_abs)))
+    elif has_runs(spec_abs):  # .../experiments/<exp>
+        what, root = "one experiment", os.path.dirname(os.path.dirname(spec_abs))
+    elif any(has_runs(e) for e in _subdirs(spec_abs)):  # .../experiments
+        what, root = "the experiments/ folder", os.path.dirname(spec_abs)
+    else:
+        return None
+    return (f"{spec}: {what} of a Themis 1.x storage root, which would serve no runs; "
+            f"give the storage root (the folder holding experiments/) instead: --storage {root}")
 
 
 def default_name(spec: str) -> str:
@@ -259,6 +303,15 @@ class Sources:
 
     def scores(self, run_id: str) -> Dict[str, Dict[Any, List[float]]]:
         return self._owner(run_id).scores(run_id)
+
+    def sample_ids(self, run_id: str) -> List[Any]:
+        """Ids of a run's scored samples, in detail order."""
+        return self._owner(run_id).sample_ids(run_id)
+
+    def samples(self, run_id: str, ids: List[Any]) -> List[Dict[str, Any]]:
+        """Detail samples (prompt, response, reference, scores, ...) for these ids, in that
+        order; ids the run does not have are skipped. Reads text for these samples only."""
+        return self._owner(run_id).samples(run_id, ids)
 
     def counters(self) -> Dict[str, int]:
         """Counts for /metrics: events of unknown types, events of unknown runs."""

@@ -113,9 +113,9 @@ class Daemon:
 
 
 def route_modules() -> List[Any]:
-    from . import compare, dashboard, docs, ws
+    from . import compare, dashboard, docs, samples, ws
 
-    return [health, runs, compare, ws, metrics, docs, dashboard]
+    return [health, runs, compare, samples, ws, metrics, docs, dashboard]
 
 
 class _BodyLimit(tornado.httputil.HTTPMessageDelegate):

@@ -40,14 +40,29 @@ PAGE = """<!doctype html>
 {head}
 </head>
 <body{body_attrs}>
+{nav}
 {body}
 </body>
 </html>
 """
 
 
+# The dashboard and both API viewers link to one another; relative, as every other URL here.
+LINKS = (("dashboard", "dashboard/", "Dashboard"), ("docs", "docs", "Swagger UI"), ("redoc", "redoc", "ReDoc"),
+         ("openapi", "openapi.json", "openapi.json"))
+
+
+def nav(current: str) -> str:
+    items = []
+    for key, href, label in LINKS:
+        attrs = ' aria-current="page"' if key == current else ""
+        items.append(f'<a href="{href}"{attrs}>{html.escape(label)}</a>')
+    return '<nav class="doc-links" aria-label="Themis daemon pages">' + " ".join(items) + "</nav>"
+
+
 class _PageHandler(BaseHandler):
     public = True
+    page = ""
     head = ""
     body = ""
     body_attrs = ""
@@ -60,10 +75,11 @@ class _PageHandler(BaseHandler):
 
     def get(self) -> None:
         self.finish(PAGE.format(title=html.escape(f"{self.title} {__version__}"), head=self.head,
-                                body=self.body, body_attrs=self.body_attrs))
+                                nav=nav(self.page), body=self.body, body_attrs=self.body_attrs))
 
 
 class SwaggerUIHandler(_PageHandler):
+    page = "docs"
     title = TITLE + " – Swagger UI"
     head = '<link rel="stylesheet" href="static/vendor/swagger-ui/swagger-ui.css">\n' \
            '<link rel="stylesheet" href="static/docs/docs.css">'
@@ -73,6 +89,7 @@ class SwaggerUIHandler(_PageHandler):
 
 
 class RedocHandler(_PageHandler):
+    page = "redoc"
     title = TITLE + " – ReDoc"
     head = '<link rel="stylesheet" href="static/docs/docs.css">'
     body_attrs = ' class="redoc-page"'

@@ -28,7 +28,7 @@ from ... import __version__
 log = logging.getLogger("themis_daemon.storage")
 
 MAGIC = b"themis-daemon:themis1-cache\n"
-FORMAT = 2  # bump whenever what an entry holds or means changes
+FORMAT = 3  # bump whenever what an entry holds or means changes
 _FRAME = struct.Struct("<I16s")
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder()

@@ -82,7 +82,8 @@ def digest(key: str) -> bytes:
 #   generation: digest(cache key) -> (offset, length, index, ok)
 #   task:       digest(task key)  -> (offset, length, index, dataset id or None)
 #   evaluation: digest(eval key)  -> (generation digest, sample id or None, metric names, values,
-#                                     generation key if it is needed as the sample id else None)
+#                                     generation key if it is needed as the sample id else None,
+#                                     packed position of the line, see pack_unit)
 _NAMES: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
 
 
@@ -103,6 +104,21 @@ class Sample:
     id: Any
     gen: Optional[bytes] = None  # digest of the linked generation record
     scores: Dict[str, List[float]] = field(default_factory=dict)
+    evals: List[Tuple[str, int]] = field(default_factory=list)  # (eval id, packed line position)
+
+
+def pack_unit(unit: Unit) -> Any:
+    """One int for where an evaluation line lives (a tuple only when it does not fit), so the
+    per-line state grows by one slot rather than a tuple of three."""
+    if unit.length < 1 << 28 and unit.index < 1 << 12:
+        return (unit.offset << 40) | (unit.length << 12) | unit.index
+    return tuple(unit)
+
+
+def unpack_unit(packed: Any) -> Unit:
+    if isinstance(packed, tuple):
+        return Unit(*packed)
+    return Unit(packed >> 40, (packed >> 12) & ((1 << 28) - 1), packed & 0xFFF)
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,7 @@ class RunState:
         self.last_change = time.time()  # wall clock of the newest file change seen
         self._summary: Optional[Tuple[int, Dict[str, Any]]] = None
         self._view: Optional[View] = None
+        self._positions: Optional[Tuple[View, Dict[Tuple[str, Any], int]]] = None
         self._meta_path = os.path.join(run_dir, "metadata.json")
         self._dataset_path: Optional[str] = None
         self._dataset_edges: Tuple[bytes, bytes] = (b"", b"")  # first and last bytes counted
@@ -249,6 +266,7 @@ class RunState:
             state = dict(self.__dict__)
         del state["lock"]
         state["_view"] = None
+        state["_positions"] = None
         return state
 
     # ------------------------------------------------------------------ persistent cache
@@ -321,6 +339,7 @@ class RunState:
             self.gen, self.tasks, self.evals = {}, {}, {}
             self._thawed = False
             self._view = None
+            self._positions = None
 
     def _thaw(self, changing: bool = False) -> None:
         """Unpack the tables before use; `changing` also drops the packed copy."""
@@ -493,7 +512,7 @@ class RunState:
             if start_over:
                 self.evals[eval_id] = {}
             table = self.evals.setdefault(eval_id, {})
-            for _offset, _length, _index, (key, sid, names, values) in lines:
+            for offset, length, index, (key, sid, names, values) in lines:
                 m = EVAL_SUFFIX.search(key)
                 gen_key = key[: m.start()] if m else key
                 fallback = None
@@ -503,7 +522,8 @@ class RunState:
                 k = digest(key)
                 if k in table:
                     del table[k]  # a re-written line moves to where it was last seen
-                table[k] = (digest(sample_key(gen_key)), sid, _shared_names(names), values, fallback)
+                table[k] = (digest(sample_key(gen_key)), sid, _shared_names(names), values, fallback,
+                            pack_unit(Unit(offset, length, index)))
             changed |= grew
         return changed
 
@@ -537,6 +557,7 @@ class RunState:
         """Free the per-sample view and pack the tables; the store keeps only a few alive."""
         with self.lock:
             self._view = None
+            self._positions = None
             self.freeze()
 
     def _sample_id(self, rec: tuple) -> Any:
@@ -550,7 +571,7 @@ class RunState:
     def _grouped(self):
         """Evaluation lines grouped by sample, in order of first appearance."""
         samples: Dict[Tuple[str, Any], Sample] = {}
-        for table in self.evals.values():
+        for eval_id, table in self.evals.items():
             for rec in table.values():
                 sid = self._sample_id(rec)
                 skey = (type(sid).__name__, sid)  # 1 and "1" are different samples
@@ -561,6 +582,8 @@ class RunState:
                     smp.gen = rec[0]
                 for name, value in zip(rec[2], rec[3]):
                     smp.scores.setdefault(name, []).append(value)
+                if len(rec) > 5:
+                    smp.evals.append((eval_id, rec[5]))
         return samples
 
     def _build_summary(self) -> Dict[str, Any]:
@@ -662,27 +685,49 @@ class RunState:
         Evaluated samples come first; with `include_pending`, samples that were generated but
         not evaluated yet follow them (`"pending": true`, no scores), for watching live runs.
         """
-        self.want_tasks()
         everything = view.samples + view.pending if include_pending else view.samples
-        chosen = everything[start:stop]
-        per_sample = (view.per_sample + [{}] * len(view.pending))[start:stop] if include_pending \
-            else view.per_sample[start:stop]
+        positions = range(len(everything))[start:stop]
+        return self.load_positions(view, positions, include_pending)
+
+    def positions_by_id(self, view: View) -> Dict[Tuple[str, Any], int]:
+        """Where each sample id sits in the view; kept per view, as a download asks for every
+        chunk of a big run in turn."""
+        with self.lock:
+            cached = self._positions
+            if cached is not None and cached[0] is view:
+                return cached[1]
+        where = {(type(s.id).__name__, s.id): i for i, s in enumerate(view.samples)}
+        with self.lock:
+            self._positions = (view, where)
+        return where
+
+    def load_positions(self, view: View, positions, include_pending: bool = False) -> List[Dict[str, Any]]:
+        """Detail samples at these positions of the view (evaluated samples, then pending ones)."""
+        self.want_tasks()
+        n_eval = len(view.samples)
+        chosen = [view.samples[p] if p < n_eval else view.pending[p - n_eval] for p in positions]
+        per_sample = [view.per_sample[p] if p < n_eval else {} for p in positions]
         with self.lock:
             self._thaw()
             records_tail, tasks_tail = self._records, self._tasks
             rec_units = [Unit(*self.gen[s.gen][:3]) if s.gen in self.gen else None for s in chosen]
             task_units = [Unit(*self.tasks[s.gen][:3]) if s.gen in self.tasks else None for s in chosen]
+            eval_tails = dict(self._evals)
         prompts = _load(tasks_tail, task_units)
         records = _load(records_tail, rec_units)
+        details = self._load_details(chosen, eval_tails)
         out = []
-        first = len(everything) if start is None else min(start, len(everything))
-        for position, (s, scores, task, rec) in enumerate(zip(chosen, per_sample, prompts, records), first):
+        for position, s, scores, task, rec, det in zip(positions, chosen, per_sample, prompts, records, details):
             prompt = ""
+            reference: Any = None
             if isinstance(task, dict):
                 t = task.get("task") or {}
                 p = t.get("prompt") if isinstance(t, dict) else None
                 if isinstance(p, dict) and isinstance(p.get("text"), str):
                     prompt = p["text"]
+                ref = t.get("reference") if isinstance(t, dict) else None
+                if isinstance(ref, dict):
+                    reference = ref.get("value")
             response = ""
             if isinstance(rec, dict):
                 o = rec.get("output")
@@ -691,13 +736,41 @@ class RunState:
             sid = s.id
             if sid is None and isinstance(rec, dict):  # a pending sample without a dataset id
                 sid = rec.get("cache_key") or rec.get("task_key")
-            item: Dict[str, Any] = {"id": sid, "prompt": prompt, "response": response, "scores": scores}
+            item: Dict[str, Any] = {"id": sid, "prompt": prompt, "response": response, "scores": scores,
+                                    "reference": reference}
+            if det:
+                item["details"] = det
             if include_pending:
-                item["pending"] = position >= len(view.samples)
+                item["pending"] = position >= n_eval
             if isinstance(rec, dict) and rec.get("error"):
                 err = rec["error"]
                 item["error"] = err.get("message") if isinstance(err, dict) else str(err)
             out.append(item)
+        return out
+
+    @staticmethod
+    def _load_details(chosen: List[Sample], tails: Dict[str, JsonlTail]) -> List[Dict[str, Any]]:
+        """Per metric, the free-form `details` of the evaluation lines that scored each sample
+        (the last line wins, as for repeated metrics within a line)."""
+        wanted: Dict[str, List[Tuple[int, Unit]]] = {}
+        for i, s in enumerate(chosen):
+            for eval_id, packed in s.evals:
+                wanted.setdefault(eval_id, []).append((i, unpack_unit(packed)))
+        out: List[Dict[str, Any]] = [{} for _ in chosen]
+        for eval_id, items in wanted.items():
+            tail = tails.get(eval_id)
+            if tail is None:
+                continue
+            try:
+                objs = read_units(tail.path, tail.gz, [u for _, u in items])
+            except OSError:
+                continue
+            for (i, _), obj in zip(items, objs):
+                ev = obj.get("evaluation") if isinstance(obj, dict) else None
+                for sc in (ev.get("scores") or ()) if isinstance(ev, dict) else ():
+                    if isinstance(sc, dict) and isinstance(sc.get("metric_name"), str) \
+                            and isinstance(sc.get("details"), dict) and sc["details"]:
+                        out[i][sc["metric_name"]] = sc["details"]
         return out
 
 

@@ -369,3 +369,18 @@ class Store:
         """Per metric, per sample id, the score values (one per evaluation line)."""
         with bulk_allocation():
             return self.view(run_id).scores
+
+    def sample_ids(self, run_id: str) -> List[Any]:
+        """Ids of the evaluated samples, in detail order."""
+        with bulk_allocation():
+            return [s.id for s in self.view(run_id).samples]
+
+    def samples(self, run_id: str, ids: List[Any]) -> List[Dict[str, Any]]:
+        """Detail samples for these ids (unknown ids are skipped), in the order given."""
+        state = self.get(run_id)
+        with bulk_allocation():
+            state.want_tasks()
+            view = self.view(run_id)
+            where = state.positions_by_id(view)
+            positions = [where[k] for k in ((type(i).__name__, i) for i in ids) if k in where]
+            return state.load_positions(view, positions)

@@ -9,7 +9,7 @@ file order and matters.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import msgspec
 
@@ -24,6 +24,7 @@ class _EvalTable(msgspec.Struct, array_like=True):
     names: List[int]
     values: List[Tuple[float, ...]]
     fallbacks: List[Optional[str]]
+    units: List[Union[int, Tuple[int, int, int]]]  # where each line is (run.pack_unit)
 
 
 class _Packed(msgspec.Struct, array_like=True):
@@ -49,9 +50,9 @@ def pack(gen: Dict[bytes, tuple], tasks: Dict[bytes, tuple], evals: Dict[str, Di
     names: Dict[Tuple[str, ...], int] = {}
     packed_evals = []
     for eval_id, table in evals.items():
-        gens, sids, name_refs, values, fallbacks = _columns(table, 5)
+        gens, sids, name_refs, values, fallbacks, units = _columns(table, 6)
         refs = [names.setdefault(n, len(names)) for n in name_refs]
-        packed_evals.append(_EvalTable(eval_id, list(table), gens, sids, refs, values, fallbacks))
+        packed_evals.append(_EvalTable(eval_id, list(table), gens, sids, refs, values, fallbacks, units))
     return _ENCODER.encode(_Packed(list(gen), _columns(gen, 4), list(tasks), _columns(tasks, 4),
                                    list(names), packed_evals))
 
@@ -65,6 +66,6 @@ def unpack(blob: bytes, shared_names=lambda n: n) -> Tables:
     evals: Dict[str, Dict[bytes, tuple]] = {}
     for t in p.evals:
         refs = [names[i] for i in t.names]
-        evals[t.eval_id] = dict(zip(t.keys, zip(t.gens, t.sids, refs, t.values, t.fallbacks)))
+        evals[t.eval_id] = dict(zip(t.keys, zip(t.gens, t.sids, refs, t.values, t.fallbacks, t.units)))
     return gen, tasks, evals
 

@@ -12,7 +12,10 @@ events that hold text (generation, reduction), which details fetch on demand.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Optional, Union
+import pickle
+import threading
+from operator import attrgetter
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from ..base import stable_mean
 
@@ -39,7 +42,7 @@ class Case:
     """What the fold keeps of one case (keyed by `case_id` alone, as Themis does)."""
 
     __slots__ = ("gen", "gen_fail", "sel_err", "red_err", "parse_err", "red_pos", "parsed",
-                 "eval_fail", "exec_fail", "scores", "score_err", "failed_event")
+                 "eval_fail", "exec_fail", "scores", "score_err", "failed_event", "score_det")
 
     def __init__(self) -> None:
         # Containers are created on first use: a store holds hundreds of thousands of cases.
@@ -57,13 +60,12 @@ class Case:
         self.scores: Optional[Dict[str, float]] = None   # metric -> value
         self.score_err: Optional[Dict[str, str]] = None  # metric -> reason
         self.failed_event = False                # any *_failed event ever seen (progress, §8)
+        # metric -> position of its score_completed, only for scores that carry details
+        # (builtin metrics store none, so most cases never make this dict)
+        self.score_det: Optional[Dict[str, int]] = None
 
     def __reduce__(self):
-        # A flat tuple pickles much faster than the default slot-state dict (cold scans send
-        # hundreds of thousands of cases between processes).
-        return (_case_from, (self.gen, self.gen_fail, self.sel_err, self.red_err, self.parse_err, self.red_pos,
-                             self.parsed, self.eval_fail, self.exec_fail, self.scores, self.score_err,
-                             self.failed_event))
+        return (_case_from, _CASE_STATE(self))
 
     def has_failure(self) -> bool:
         return bool(self.gen_fail or self.sel_err is not None or self.red_err is not None
@@ -89,8 +91,18 @@ class Case:
 def _case_from(*state: Any) -> Case:
     case = Case.__new__(Case)
     (case.gen, case.gen_fail, case.sel_err, case.red_err, case.parse_err, case.red_pos, case.parsed,
-     case.eval_fail, case.exec_fail, case.scores, case.score_err, case.failed_event) = state
+     case.eval_fail, case.exec_fail, case.scores, case.score_err, case.failed_event, case.score_det) = state
     return case
+
+
+_CASE_STATE = attrgetter(*Case.__slots__)  # one C call for a case's whole state, in slot order
+
+
+def _case_from_state(state: tuple) -> Case:
+    return _case_from(*state)
+
+
+_UNPACK_LOCK = threading.Lock()
 
 
 def _float(value: Any) -> Optional[float]:
@@ -134,6 +146,35 @@ class RunFold:
         self.model: Optional[str] = info["model"]
         self.experiment_id: Optional[str] = info["experiment_id"]
         self.prompt_spec: Dict[str, Any] = info["prompt_spec"]
+
+    # ------------------------------------------------------------------ transfer
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Cold scans send hundreds of thousands of cases from worker processes: plain tuples
+        # pickle and unpickle several times faster than objects, and the receiver builds the
+        # `Case` objects of a run only when something needs them (most runs never change).
+        state = dict(self.__dict__)
+        cases = state.pop("cases", None)
+        if cases is not None:
+            state["_packed"] = pickle.dumps((list(cases), list(map(_CASE_STATE, cases.values()))),
+                                            protocol=pickle.HIGHEST_PROTOCOL)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when `cases` is not an attribute yet: a fold that arrived packed.
+        if name != "cases":
+            raise AttributeError(name)
+        with _UNPACK_LOCK:
+            cases = self.__dict__.get("cases")
+            if cases is None:
+                packed = self.__dict__.pop("_packed", None)
+                keys, states = pickle.loads(packed) if packed is not None else ((), ())
+                cases = dict(zip(keys, map(_case_from_state, states)))
+                self.__dict__["cases"] = cases
+        return cases
 
     # ------------------------------------------------------------------ applying events
 
@@ -213,6 +254,13 @@ class RunFold:
                     case.scores[metric] = value
                     if case.score_err:
                         case.score_err.pop(metric, None)
+                details = score.get("details")
+                if value is not None and isinstance(details, dict) and details:
+                    if case.score_det is None:
+                        case.score_det = {}
+                    case.score_det[metric] = pos
+                elif case.score_det:
+                    case.score_det.pop(metric, None)
         elif kind == "generation_completed":
             if ev.get("result") is not None:
                 index = ev.get("candidate_index")
@@ -249,6 +297,8 @@ class RunFold:
             if isinstance(metric, str) and error is not None:
                 if case.scores:
                     case.scores.pop(metric, None)
+                if case.score_det:
+                    case.score_det.pop(metric, None)
                 reason = error.get("reason") if isinstance(error, dict) else error
                 if case.score_err is None:
                     case.score_err = {}
@@ -350,6 +400,16 @@ class RunFold:
             out.extend(generations(case).values())
             if case.red_pos is not None:
                 out.append(case.red_pos)
+        return out
+
+    def detail_positions(self, case_ids: List[str]) -> Dict[int, Tuple[str, str]]:
+        """{position: (case id, metric)} of the score events whose details these cases show."""
+        out: Dict[int, Tuple[str, str]] = {}
+        for case_id in case_ids:
+            case = self.cases.get(case_id)
+            if case is not None and case.score_det:
+                for metric, pos in case.score_det.items():
+                    out[pos] = (case_id, metric)
         return out
 
     def sample(self, case_id: str, events: Dict[int, Any], pending: bool = False,

@@ -16,6 +16,11 @@ from ..base import Unavailable  # noqa: F401  (re-exported for the readers)
 DEFAULT_BATCH = 5000
 
 
+class NoExtraction(Exception):
+    """The database cannot extract fields from these events (a bare NaN in one, an old
+    SQLite): the caller fetches whole events instead."""
+
+
 class Row(NamedTuple):
     """One stored event (a plain tuple: a poll of a big store carries a million of them). `pos` is the store's own position: the `run_events.id` for SQLite and
     PostgreSQL (global, strictly increasing, never reused), the byte offset of the line in
@@ -71,6 +76,14 @@ class EventReader:
         conversation)` JSON texts extracted by the database (far less to move and decode for
         a big run); None where the backend cannot, and the caller uses `fetch`."""
         return None
+
+    def output_batches(self, run_id: str, positions: List[int]):
+        """`fetch_outputs` as an iterator of partial dicts; raises `NoExtraction` where
+        `fetch_outputs` would give None."""
+        out = self.fetch_outputs(run_id, positions)
+        if out is None:
+            raise NoExtraction()
+        yield out
 
     def snapshot(self, run_id: str) -> Any:
         """The raw snapshot JSON of one run (None if it is gone): details read the dataset's

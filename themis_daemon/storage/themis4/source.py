@@ -10,6 +10,7 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +21,7 @@ import orjson
 
 from ..base import RefreshResult, RunNotFound, bulk_allocation
 from .fold import RunFold, describe_snapshot, summary_fields
-from .reader import EventReader, Unavailable
+from .reader import EventReader, NoExtraction, Unavailable
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -57,6 +58,47 @@ def _epoch(stamp: Optional[str]) -> Optional[float]:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+_DONE = object()
+
+
+def _prefetched(batches: Any) -> Any:
+    """Iterate `batches` with the next one produced on a helper thread meanwhile: a database
+    extracting fields (without the GIL) overlaps the decoding of what it gave before. The
+    caller holds the reader's lock throughout, so the reader is used by one thread at a time."""
+    handoff: "queue.Queue[Any]" = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    break
+                handoff.put((batch, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            handoff.put((None, exc))
+            return
+        handoff.put((_DONE, None))
+
+    worker = threading.Thread(target=produce, name="themis4-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            batch, exc = handoff.get()
+            if exc is not None:
+                raise exc
+            if batch is _DONE:
+                return
+            yield batch
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then join it
+            try:
+                handoff.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(0.05)
 
 
 class _Undecodable:
@@ -137,13 +179,23 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
     """Fold rows `(pos, run_id, data)` into `runs`; (unknown-type events, events of no run).
 
     Shared by polls and the cold-scan processes, and the hottest loop of a first scan, so it
-    decodes inline. A second `run_started` for a run means Themis deleted it and wrote it
-    again (existing_run_policy=rerun): that run starts over.
+    decodes inline and looks a run up only when the run changes from one row to the next
+    (a run's events mostly come in long stretches). A second `run_started` for a run means
+    Themis deleted it and wrote it again (existing_run_policy=rerun): that run starts over.
     """
     unknown = orphans = 0
     loads = orjson.loads
+    current: Optional[str] = None
+    run: Optional[V4Run] = None
+    fold: Any = None
+    apply: Any = None
     for pos, run_id, data in rows:
-        run = runs.get(run_id)
+        if run_id != current:
+            current = run_id
+            run = runs.get(run_id)
+            if run is not None:
+                fold, apply = run.fold, run.fold.apply
+                touched[run_id] = run
         if run is None:
             orphans += 1
             continue
@@ -151,20 +203,20 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
             event = loads(data)
         except ValueError:
             event = run.decode(pos, data)  # bare NaN/Infinity, or not JSON at all
-        fold = run.fold
-        if fold.started_pos is not None and type(event) is dict and event.get("event_type") == "run_started":
-            runs[run_id] = run = run.restarted()
-            fold = run.fold
-        before = fold.unknown_events
-        if type(event) is _Undecodable:
-            fold.apply(pos, None)  # counted as a bad event, with the decoder's reason below
+        if type(event) is dict:
+            if event.get("event_type") == "run_started" and fold.started_pos is not None:
+                runs[run_id] = touched[run_id] = run = run.restarted()
+                fold, apply = run.fold, run.fold.apply
+            before = fold.unknown_events
+            apply(pos, event)
+            unknown += fold.unknown_events - before
+        elif type(event) is _Undecodable:
+            apply(pos, None)  # counted as a bad event, with the decoder's reason below
             fold.last_bad = event.message
         else:
-            fold.apply(pos, event)
-        unknown += fold.unknown_events - before
+            apply(pos, event)
         if fold.bad_events:
             run.error = f"{fold.bad_events} unreadable event(s); last: {fold.last_bad}"
-        touched[run_id] = run
     return unknown, orphans
 
 
@@ -398,26 +450,8 @@ class Themis4Source:
         scored = len(fold.sample_order(False)) if include_pending else len(order)
         stop = None if limit is None else offset + limit
         page = order[offset:stop]
-        positions = fold.positions_for(page) if page else []
-        with self._lock:
-            extracted = self.reader.fetch_outputs(run_id, positions) if positions else {}
-        events: Dict[int, Any] = {}
-        with bulk_allocation():
-            if extracted is not None:
-                for pos, (output, conversation) in extracted.items():
-                    events[pos] = {"result": {"final_output": _json_or_none(output),
-                                              "conversation": _json_or_none(conversation)}}
-            else:
-                with self._lock:
-                    raw = self.reader.fetch(run_id, positions)
-                for pos, data in raw.items():
-                    try:
-                        events[pos] = decode(data)
-                    except (ValueError, UnicodeDecodeError):
-                        continue
-        dataset = self._dataset(run) if page else None
-        samples = [fold.sample(cid, events, pending=include_pending and index >= scored, dataset=dataset)
-                   for index, cid in enumerate(order[offset:stop], offset)]
+        samples = self._samples(run, page, range(offset, offset + len(page)) if include_pending else (),
+                                scored)
         if include_pending:
             for item in samples:
                 item.setdefault("pending", False)
@@ -435,6 +469,76 @@ class Themis4Source:
             "snapshot": fold.info.get("meta"),
         }
         return out, version
+
+    def sample_ids(self, run_id: str) -> List[str]:
+        """Case ids of the scored cases, in detail order."""
+        return list(self.get(run_id).fold.sample_order(False))
+
+    def samples(self, run_id: str, ids: List[Any]) -> List[Dict[str, Any]]:
+        """Detail samples for these case ids (unknown ids are skipped), in the order given."""
+        run = self.get(run_id)
+        cases = run.fold.cases
+        return self._samples(run, [i for i in ids if i in cases], (), 0)
+
+    def _samples(self, run: V4Run, page: List[str], indexes, scored: int) -> List[Dict[str, Any]]:
+        """Detail samples of these cases; `indexes` (positions in the pending-inclusive order)
+        mark those at or past `scored` as pending."""
+        run_id = run.run_id
+        fold = run.fold
+        positions = fold.positions_for(page) if page else []
+        events: Dict[int, Any] = {}
+        extracted = True
+        with self._lock, bulk_allocation():
+            try:
+                for batch in _prefetched(self.reader.output_batches(run_id, positions)) if positions else ():
+                    for pos, (output, conversation) in batch.items():
+                        events[pos] = {"result": {"final_output": _json_or_none(output),
+                                                  "conversation": _json_or_none(conversation)}}
+            except NoExtraction:
+                extracted = False
+        if not extracted:
+            events = {}
+            with bulk_allocation():
+                with self._lock:
+                    raw = self.reader.fetch(run_id, positions)
+                for pos, data in raw.items():
+                    try:
+                        events[pos] = decode(data)
+                    except (ValueError, UnicodeDecodeError):
+                        continue
+        dataset = self._dataset(run) if page else None
+        pending = [False] * len(page)
+        for k, index in enumerate(indexes):
+            pending[k] = index >= scored
+        samples = [fold.sample(cid, events, pending=p, dataset=dataset) for cid, p in zip(page, pending)]
+        details = self._score_details(run_id, fold, page)
+        if details:
+            for item in samples:
+                got = details.get(item["id"])
+                if got:
+                    item["details"] = {m: d for m, d in got.items() if m in item["scores"]}
+        return samples
+
+    def _score_details(self, run_id: str, fold: Any, page: List[str]) -> Dict[str, Dict[str, Any]]:
+        """Per case, per metric, the `details` its score_completed stored (only metrics that
+        stored some are looked up)."""
+        wanted = fold.detail_positions(page) if page else {}
+        if not wanted:
+            return {}
+        with self._lock:
+            raw = self.reader.fetch(run_id, list(wanted))
+        out: Dict[str, Dict[str, Any]] = {}
+        for pos, data in raw.items():
+            try:
+                event = decode(data)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            score = event.get("score") if isinstance(event, dict) else None
+            det = score.get("details") if isinstance(score, dict) else None
+            if isinstance(det, dict) and det and pos in wanted:
+                case_id, metric = wanted[pos]
+                out.setdefault(case_id, {})[metric] = det
+        return out
 
     def _dataset(self, run: V4Run) -> Optional[Dict[str, Any]]:
         """References and inputs of a run's dataset, read from its snapshot on demand; a few

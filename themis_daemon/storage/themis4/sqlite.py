@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 from ..base import NotAStore
-from .reader import EventReader, Poll, Row, Unavailable
+from .reader import EventReader, NoExtraction, Poll, Row, Unavailable
 
 HEADER = b"SQLite format 3\x00"
 REQUIRED_TABLES = {"run_snapshots", "run_events"}
@@ -272,21 +272,40 @@ class SqliteReader(EventReader):
 
     def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
         out: Dict[int, Any] = {}
-        wanted = sorted(set(positions))
         try:
+            for batch in self.output_batches(run_id, positions):
+                out.update(batch)
+        except NoExtraction:
+            return None
+        return out
+
+    def output_batches(self, run_id: str, positions: List[int]):
+        """`fetch_outputs` in batches of short statements, so a caller can decode one batch
+        while SQLite extracts the next (SQLite runs without the GIL). A run's events mostly
+        lie close together: a whole big run is read by id range, a few events by id."""
+        wanted = sorted(set(positions))
+        if not wanted:
+            return
+        cols = "SELECT id, run_id, event_json -> '$.result.final_output', event_json -> '$.result.conversation'"
+        try:
+            if len(wanted) > 2000 and wanted[-1] - wanted[0] < 8 * len(wanted):
+                keep = set(wanted)
+                step = 5000  # ids per statement: each one stays a few ms long
+                for low in range(wanted[0], wanted[-1] + 1, step):
+                    rows = self._query(f"{cols} FROM run_events WHERE id >= ? AND id < ? AND run_id = ? AND "
+                                       "event_type IN ('generation_completed', 'reduction_completed')",
+                                       (low, low + step, run_id))
+                    yield {pos: (output, conv) for pos, _rid, output, conv in rows if pos in keep}
+                return
             for start in range(0, len(wanted), 500):
                 part = wanted[start:start + 500]
                 marks = ",".join("?" * len(part))
-                for pos, rid, output, conversation in self._query(
-                        f"SELECT id, run_id, event_json -> '$.result.final_output', event_json -> '$.result.conversation'"
-                        f" FROM run_events WHERE id IN ({marks})", tuple(part)):
-                    if rid == run_id:
-                        out[pos] = (output, conversation)
+                rows = self._query(f"{cols} FROM run_events WHERE id IN ({marks})", tuple(part))
+                yield {pos: (output, conv) for pos, rid, output, conv in rows if rid == run_id}
         except Unavailable as exc:
             if "malformed JSON" in str(exc) or "syntax error" in str(exc):
-                return None  # a bare NaN somewhere, or an SQLite without `->`: decode in Python
+                raise NoExtraction() from None  # a bare NaN somewhere, or an SQLite without `->`
             raise
-        return out
 
     def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
         out: Dict[int, Any] = {}

@@ -84,3 +84,33 @@ export function wsUrl() {
   if (key) url.searchParams.set("token", key);
   return url.href;
 }
+
+/** The streamed CSV/JSONL download of a run's samples. */
+export function samplesDownloadPath(runId, format) {
+  return runPath(runId) + "/samples?format=" + format;
+}
+
+/**
+ * Save an API download. Without an API key the browser follows the link itself (streamed to
+ * disk); with one the key must go in a header, so the file is fetched and handed over as a blob.
+ */
+export async function downloadWithKey(path, filename) {
+  const resp = await fetch(new URL(path, apiRoot), { headers: { "X-API-Key": getKey() }, cache: "no-cache" });
+  if (!resp.ok) {
+    let detail = `${resp.status} ${resp.statusText}`;
+    try {
+      detail = (await resp.json()).detail || detail;
+    } catch (e) {
+      /* not JSON */
+    }
+    throw new ApiError(resp.status, `${resp.status}:`, detail);
+  }
+  const url = URL.createObjectURL(await resp.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = filename;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}

@@ -28,7 +28,7 @@ function shorten(label, max = 24) {
  * items: [{label, run, title, mean, low, high, best}] ; `run` (the full run id, default `label`)
  * goes in data-run and `title` (default `label`) in the tooltip. Returns an <svg> scaled to its container.
  */
-export function errorBarChart(metric, items) {
+export function errorBarChart(title, items, metric = title) {
   const values = items.flatMap((it) => [it.mean, it.low, it.high]).filter((v) => v !== null && Number.isFinite(v));
   let lo = Math.min(0, ...values);
   let hi = Math.max(...values, lo + 1e-9);
@@ -43,7 +43,7 @@ export function errorBarChart(metric, items) {
     viewBox: `0 0 ${WIDTH} ${height}`, class: "chart", role: "img",
     "aria-label": `${metric}: mean and 95% confidence interval per run`, "data-metric": metric,
   });
-  svg.append(s("text", { x: 0, y: 16, class: "chart-title" }, metric));
+  svg.append(s("text", { x: 0, y: 16, class: "chart-title" }, title));
   for (const t of ticks) {
     svg.append(s("line", { x1: x(t), x2: x(t), y1: TOP - 6, y2: height - 22, class: "grid" }));
     svg.append(s("text", { x: x(t), y: height - 6, class: "tick", "text-anchor": "middle" }, fmtNum(t, 2)));

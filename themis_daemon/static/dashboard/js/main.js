@@ -4,6 +4,8 @@ import { getKey, setKey } from "./api.js";
 import { LiveFeed } from "./live.js";
 import { mountCompare } from "./views/compare.js";
 import { mountDetail } from "./views/detail.js";
+import { mountPairs } from "./views/pairs.js";
+import { mountSample } from "./views/sample.js";
 import { mountRuns } from "./views/runs.js";
 
 const view = document.getElementById("view");
@@ -35,8 +37,14 @@ function route() {
   const [path, query] = hash.split("?");
   const params = new URLSearchParams(query || "");
   let active = "runs";
-  if (path.startsWith("/runs/")) {
+  const sample = /^\/runs\/([^/]+)\/samples\/(.+)$/.exec(path);
+  if (sample) {
+    unmount = mountSample(view, decodeURIComponent(sample[1]), decodeURIComponent(sample[2]));
+  } else if (path.startsWith("/runs/")) {
     unmount = mountDetail(view, decodeURIComponent(path.slice("/runs/".length)));
+  } else if (path === "/compare/samples") {
+    active = "compare";
+    unmount = mountPairs(view, params);
   } else if (path === "/compare") {
     active = "compare";
     unmount = mountCompare(view, params);

@@ -1,11 +1,13 @@
 // One run: metadata, metric means with 95% CIs, and a paged, searchable sample table.
 
-import { api, runPath } from "../api.js";
+import { api, apiRoot, downloadWithKey, getKey, runPath, samplesDownloadPath } from "../api.js";
 import {
   clear, copyButton, debounce, throttle, errorBox, fmtNum, fmtTime, formatBadge, h, isLongId, progressBar, shortId, statusLine, valueText,
 } from "../dom.js";
 import { metricStats } from "../stats.js";
 import { store } from "../store.js";
+import { prettyText } from "../text.js";
+import { detailsList, sampleHref } from "./pairs.js";
 
 const PAGE_SIZE = 20;
 
@@ -14,6 +16,9 @@ export function mountDetail(root, runId) {
   let query = "";
   let page = 0;
   let onlyFailures = false;
+  let wrongOn = "";
+  let sortKey = "";
+  let sortDesc = false;
   let loading = false;
   const head = h("div");
   const metricsBox = h("section", { class: "card" });
@@ -114,6 +119,28 @@ export function mountDetail(root, runId) {
   const failuresOnly = h("label", { class: "inline" },
     h("input", { type: "checkbox", id: "failures-only", onchange: (e) => { onlyFailures = e.target.checked; page = 0; renderSamples(); } }),
     " failures only");
+  const wrongSelect = h("select", {
+    id: "wrong-on", "aria-label": "Show only samples wrong on a metric",
+    onchange: (e) => { wrongOn = e.target.value; page = 0; renderSamples(); },
+  });
+  const sortSelect = h("select", {
+    id: "sample-sort", "aria-label": "Sort samples by",
+    onchange: (e) => { sortKey = e.target.value; page = 0; renderSamples(); },
+  });
+  const sortDir = h("button", {
+    type: "button", id: "sample-sort-dir", title: "Reverse the order",
+    onclick: () => { sortDesc = !sortDesc; page = 0; renderSamples(); },
+  }, "↑");
+  const downloads = h("span", { class: "downloads" }, ["csv", "jsonl"].map((fmt) => h("a", {
+    id: `download-${fmt}`, class: "button-link", href: new URL(samplesDownloadPath(runId, fmt), apiRoot).href,
+    download: `${runId.replace(/[^A-Za-z0-9._-]+/g, "_")}-samples.${fmt}`, title: `Download every sample as ${fmt.toUpperCase()}`,
+    onclick: (e) => {
+      if (!getKey()) return;  // no key: the browser streams the file itself
+      e.preventDefault();
+      downloadWithKey(samplesDownloadPath(detail ? detail.run_id : runId, fmt), e.currentTarget.getAttribute("download"))
+        .catch((err) => clear(message).append(errorBox(err, "Download failed:")));
+    },
+  }, `⤓ ${fmt.toUpperCase()}`)));
   const samplesTable = h("div", { class: "table-scroll" });
   const pager = h("div", { class: "pager" });
 
@@ -129,6 +156,70 @@ export function mountDetail(root, runId) {
     return sample.reference !== undefined && sample.reference !== null;
   }
 
+  /** Metrics whose scores in this run are all 0 or 1: "wrong" means a 0 (or no score because
+   * the generation or the metric failed). */
+  function binaryMetrics(all) {
+    const seen = new Map();
+    for (const sample of all) {
+      for (const [m, v] of Object.entries(sample.scores || {})) seen.set(m, (seen.get(m) ?? true) && (v === 0 || v === 1));
+      for (const [m] of metricErrors(sample)) if (!seen.has(m)) seen.set(m, true);
+    }
+    return [...seen].filter(([, binary]) => binary).map(([m]) => m).sort();
+  }
+
+  function isWrongOn(sample, metric) {
+    const scores = sample.scores || {};
+    if (metric in scores) return scores[metric] === 0;
+    return !sample.pending && (Boolean(sample.error) || Boolean((sample.errors || {})[metric]));
+  }
+
+  function allMetrics(all) {
+    const names = new Set();
+    for (const sample of all) Object.keys(sample.scores || {}).forEach((m) => names.add(m));
+    return [...names].sort();
+  }
+
+  function sortValue(sample, key) {
+    if (key.startsWith("score:")) {
+      const v = (sample.scores || {})[key.slice(6)];
+      return typeof v === "number" && Number.isFinite(v) ? v : null;
+    }
+    const v = key === "reference" ? sample.reference : sample[key];
+    if (v === null || v === undefined || v === "") return null;
+    return typeof v === "number" ? v : valueText(v).toLowerCase();
+  }
+
+  /** Stable sort by one column; samples without a value go last in either direction. */
+  function sorted(list) {
+    if (!sortKey) return sortDesc ? list.slice().reverse() : list;
+    const keyed = list.map((sample, i) => [sortValue(sample, sortKey), i, sample]);
+    keyed.sort((x, y) => {
+      if (x[0] === null || y[0] === null) return (x[0] === null) - (y[0] === null) || x[1] - y[1];
+      let c = typeof x[0] === "number" && typeof y[0] === "number" ? x[0] - y[0]
+        : String(x[0]).localeCompare(String(y[0]), undefined, { numeric: true });
+      if (sortDesc) c = -c;
+      return c || x[1] - y[1];
+    });
+    return keyed.map((k) => k[2]);
+  }
+
+  function syncOptions(select, options, current) {
+    const key = JSON.stringify(options);
+    if (select.dataset.options === key) return;
+    select.dataset.options = key;
+    clear(select).append(...options.map(([value, label]) => h("option", { value, selected: value === current }, label)));
+    select.value = current;
+  }
+
+  function sortHeader(label, key) {
+    const active = sortKey === key;
+    return h("th", { "aria-sort": active ? (sortDesc ? "descending" : "ascending") : null },
+      h("button", { type: "button", class: "sort-head" + (active ? " active" : ""), dataset: { sort: key },
+        title: `Sort by ${label.toLowerCase()}`,
+        onclick: () => { if (sortKey === key) sortDesc = !sortDesc; else { sortKey = key; sortDesc = false; } page = 0; renderSamples(); } },
+      label, active ? (sortDesc ? " ▼" : " ▲") : ""));
+  }
+
   function searchable(sample) {
     return [sample.id, sample.prompt, sample.response, sample.error, valueText(sample.reference),
       ...metricErrors(sample).flat(), ...(Array.isArray(sample.candidates) ? sample.candidates.map(valueText) : [])];
@@ -136,11 +227,23 @@ export function mountDetail(root, runId) {
 
   function renderSamples() {
     if (!samplesBox.firstChild) {
-      samplesBox.append(h("h2", {}, "Samples"), h("div", { class: "toolbar" }, search, failuresOnly), samplesTable, pager);
+      samplesBox.append(h("h2", {}, "Samples"),
+        h("div", { class: "toolbar" }, search, failuresOnly, wrongSelect,
+          h("label", { class: "inline" }, "Sort ", sortSelect, " ", sortDir), downloads),
+        samplesTable, pager);
     }
     const all = detail.samples || [];
-    const matches = all.filter((sample) => (!onlyFailures || isFailure(sample)) && (!query
-      || searchable(sample).some((v) => v !== undefined && v !== null && String(v).toLowerCase().includes(query))));
+    const binary = binaryMetrics(all);
+    if (wrongOn && !binary.includes(wrongOn)) binary.push(wrongOn);
+    syncOptions(wrongSelect, [["", "all samples"], ...binary.map((m) => [m, `wrong on ${m}`])], wrongOn);
+    const metrics = allMetrics(all);
+    syncOptions(sortSelect, [["", "dataset order"], ["id", "id"], ["prompt", "prompt"], ["response", "response"],
+      ["reference", "reference"], ["error", "error"], ...metrics.map((m) => [`score:${m}`, `score: ${m}`])], sortKey);
+    sortDir.textContent = sortDesc ? "↓" : "↑";
+    sortDir.setAttribute("aria-label", sortDesc ? "descending" : "ascending");
+    const matches = sorted(all.filter((sample) => (!onlyFailures || isFailure(sample))
+      && (!wrongOn || isWrongOn(sample, wrongOn)) && (!query
+      || searchable(sample).some((v) => v !== undefined && v !== null && String(v).toLowerCase().includes(query)))));
     const pages = Math.max(1, Math.ceil(matches.length / PAGE_SIZE));
     page = Math.min(page, pages - 1);
     const shown = matches.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
@@ -150,8 +253,15 @@ export function mountDetail(root, runId) {
     const empty = all.length ? "No sample matches."
       : detail.status === "pending" ? "No samples yet: the run was submitted but has not started." : "No samples yet.";
     clear(samplesTable).append(h("table", { class: "samples" + (withReference ? " with-reference" : ""), id: "samples-table" },
-      h("thead", {}, h("tr", {}, h("th", {}, "Id"), h("th", {}, "Prompt"), h("th", {}, "Response"),
-        withReference ? h("th", {}, "Reference") : null, h("th", {}, "Scores"))),
+      h("thead", {}, h("tr", {}, sortHeader("Id", "id"), sortHeader("Prompt", "prompt"), sortHeader("Response", "response"),
+        withReference ? sortHeader("Reference", "reference") : null,
+        h("th", {}, "Scores", metrics.length ? [" ", h("span", { class: "score-sorts" }, metrics.map((m) => {
+          const active = sortKey === `score:${m}`;
+          return h("button", { type: "button", class: "sort-head small" + (active ? " active" : ""), dataset: { sort: `score:${m}` },
+            title: `Sort by ${m}`,
+            onclick: () => { if (active) sortDesc = !sortDesc; else { sortKey = `score:${m}`; sortDesc = false; } page = 0; renderSamples(); } },
+          m, active ? (sortDesc ? " ▼" : " ▲") : "");
+        }))] : null))),
       h("tbody", {}, shown.length ? shown.map((sample) => sampleRow(sample, withReference))
         : h("tr", {}, h("td", { colspan: columns, class: "muted empty" }, empty)))));
     clear(pager).append(
@@ -173,13 +283,16 @@ export function mountDetail(root, runId) {
       h("span", { class: "score" + (value === 0 ? " zero" : value === 1 ? " one" : "") }, `${name} ${fmtNum(value)}`));
     const errors = metricErrors(sample).map(([metric, message]) =>
       h("div", { class: "metric-error error-text small", dataset: { metric } }, "⚠ ", h("span", { class: "metric-name" }, metric), ": ", valueText(message)));
+    const details = sample.details && Object.keys(sample.details).length
+      ? h("details", { class: "metric-details-box" }, h("summary", { class: "small" }, "details"), detailsList(sample.details)) : null;
     return h("tr", { class: isFailure(sample) ? "failure" : null, dataset: { sampleId: String(sample.id) } },
-      h("td", { "data-label": "Id" }, String(sample.id)),
+      h("td", { "data-label": "Id" }, sample.pending || sample.id === null || sample.id === undefined ? String(sample.id)
+        : h("a", { class: "sample-link", href: sampleHref(detail.run_id, sample.id), title: "Open this sample" }, String(sample.id))),
       h("td", { "data-label": "Prompt" }, h("div", { class: "text" }, valueText(sample.prompt))),
       h("td", { "data-label": "Response" }, h("div", {},
         sample.error
           ? h("div", { class: "error-text" }, "⚠ ", sample.error)
-          : h("div", { class: "text mono response" }, valueText(sample.response)),
+          : prettyText(sample.response, { cls: "response" }),
         candidatesBox(sample))),
       withReference ? h("td", { "data-label": "Reference" }, hasReference(sample)
         ? h("div", { class: "text mono reference", title: "expected answer" }, valueText(sample.reference))
@@ -187,7 +300,7 @@ export function mountDetail(root, runId) {
       h("td", { "data-label": "Scores" }, h("div", {},
         h("div", { class: "scores" }, scores.length ? scores
           : h("span", { class: "muted" }, sample.pending ? "not evaluated yet" : errors.length ? "" : "–")),
-        errors.length ? h("div", { class: "metric-errors" }, errors) : null)));
+        errors.length ? h("div", { class: "metric-errors" }, errors) : null, details)));
   }
 
   // Follow a live run: reload when its counts change, at most every 700 ms (throttled, so a
