@@ -256,11 +256,14 @@ class Store:
         self._saved_at = time.monotonic()
 
     def close(self) -> None:
-        """Keep the newest state for the next start."""
-        if self.cache is not None and self.scanned:
-            with self._refresh_lock:
+        """Keep the newest state for the next start (unless a poll still runs: a stop never
+        waits for storage that does not answer)."""
+        if self.cache is not None and self.scanned and self._refresh_lock.acquire(timeout=1.0):
+            try:
                 if self._saved_generation != self.generation:
                     self.save_cache()
+            finally:
+                self._refresh_lock.release()
 
     def _scan_new(self, new: List[tuple]) -> Dict[str, RunState]:
         """Read runs seen for the first time; a large batch (the cold start) uses every core."""
