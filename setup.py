@@ -35,6 +35,8 @@ TEST_REQUIRES = [
     "psycopg[binary]>=3.1",
     # `themis-daemon status --watch` under a pseudo-terminal
     "pexpect>=4.8",
+    # property-based tests of the live API against its own /openapi.json (tests/test_schemathesis.py)
+    "schemathesis>=4.0",
 ]
 
 setup(

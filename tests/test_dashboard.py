@@ -414,6 +414,8 @@ def test_api_key_field(open_page, store):
     keyed = Daemon(store, env={"THEMIS_AUTH_API_KEYS": "s3cret-key"})
     try:
         p = open_page(base=keyed.url)
+        sockets = []
+        p.page.on("websocket", lambda ws: sockets.append(ws.url))
         page = p.goto("/dashboard/")
         expect(page.locator("#view .error")).to_contain_text("API key")
         expect(page.locator("#conn")).to_have_attribute("data-state", "polling")
@@ -432,8 +434,11 @@ def test_api_key_field(open_page, store):
         expect(page.locator('tr[data-run-id="fake-direct"]')).to_be_visible()
         expect(page.locator("#conn")).to_have_attribute("data-state", "live")
         p.check_clean(allowed_errors=("401", "403", "WebSocket"))
+        # The key never travels in a URL: /ws is opened with single-use tickets.
+        assert any("ticket=" in u for u in sockets) and not any("s3cret-key" in u for u in sockets), sockets
     finally:
         keyed.stop()
+    assert not any("s3cret-key" in line for line in keyed.lines), "the key reached the log"
 
 
 # ---------------------------------------------------------------------------------- Themis 4

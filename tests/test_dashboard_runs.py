@@ -2,7 +2,8 @@
 with the progress bar, duration / throughput / ETA (the same figures as `themis-daemon status`),
 local times, long ids, dark mode, and the links between the dashboard and the API docs.
 
-Screenshots go to docs/screenshots/, which the README shows.
+Screenshots go to tests/screenshots/ (docs/screenshots/, which the README shows, with
+THEMIS_DOC_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from themis_daemon import status as cli_figures
 from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHOTS = os.path.join(REPO, "docs", "screenshots")
+# Screenshots go to tests/screenshots/; THEMIS_DOC_SCREENSHOTS=1 refreshes the committed copies
+# in docs/screenshots/ instead (a plain test run leaves tracked files alone).
+SHOTS = os.path.join(REPO, "docs" if os.environ.get("THEMIS_DOC_SCREENSHOTS") == "1" else "tests", "screenshots")
 LONG_ID = "nightly-regression-suite-2026-11-27-gpt-large-temperature-0.7-top-p-0.95-seed-1234"
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import ConfigError, SECRET_KEYS, load_settings_with_origins, unknown_environment
+from .config import MASKED_SETTINGS, ConfigError, load_settings_with_origins, unknown_environment
 
 MASK = "***"
 
@@ -16,7 +16,7 @@ def mask(path: Tuple[str, ...], value: Any) -> Any:
     """The value as it may be shown: API keys hidden, passwords taken out of connection URLs."""
     from .storage.themis4.reader import redact_url
 
-    if path in SECRET_KEYS:
+    if path in MASKED_SETTINGS:
         return [MASK for _ in value] if isinstance(value, list) else MASK
     if path[0] == "storage":
         return _redact_deep(value, redact_url)

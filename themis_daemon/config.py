@@ -75,6 +75,7 @@ class StorageSettings:
 class MonitorSettings:
     poll_interval: float = 1.0
     stalled_after: Optional[float] = 300.0
+    stuck_after_polls: int = 30
 
 
 @dataclass
@@ -172,8 +173,16 @@ def _path_of(error) -> str:
     return ".".join(parts) or "<root>"
 
 
-SECRET_KEYS = {("auth", "api_keys")}
 MIN_API_KEY_LENGTH = 8
+# Settings whose values are secrets, shown masked by `check-config`.
+MASKED_SETTINGS = {("auth", "api_keys")}
+# Settings whose values are secrets (or may carry one, as a URL's password): an error about
+# them names the rule the value breaks, never the value.
+SECRET_KEYS = ("auth.api_keys", "storage.path", "storage.url", "storage.sources")
+
+
+def is_secret(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in SECRET_KEYS) or "password" in key.lower()
 
 
 def _check(doc: Mapping[str, Any], source: str) -> None:
@@ -183,12 +192,15 @@ def _check(doc: Mapping[str, Any], source: str) -> None:
         key = _path_of(err)
         if err.validator == "additionalProperties":
             raise ConfigError(f"{source}: unknown key '{key}'")
-        if tuple(str(p) for p in err.absolute_path)[:2] in SECRET_KEYS:
-            # Never echo a key, not even a rejected one: error lines end up in logs.
-            if err.validator == "minLength":
-                raise ConfigError(f"{source}: invalid value for '{key}': an API key needs at least "
+        if is_secret(key):
+            # Never echo a secret, not even a rejected one: error lines end up in logs.
+            if err.validator == "minLength" and key.startswith("auth.api_keys"):
+                raise ConfigError(f"{source}: invalid value for '{key}' (not shown): an API key needs at least "
                                   f"{err.validator_value} characters (this one has {len(err.instance)})")
-            raise ConfigError(f"{source}: invalid value for '{key}' (value not shown)")
+            shown = repr(err.instance)
+            message = (err.message.replace(shown, "the value") if shown in err.message
+                       else f"breaks the rule '{err.validator}'")
+            raise ConfigError(f"{source}: invalid value for '{key}' (not shown): {message}")
         raise ConfigError(f"{source}: invalid value for '{key}': {err.message}")
 
 
@@ -227,6 +239,10 @@ def read_file(path: str) -> Dict[str, Any]:
 
 
 def _coerce(raw: str, schema: Mapping[str, Any], name: str) -> Any:
+    if is_secret(name.lower().replace("themis_", "", 1).replace("_", ".", 1)):
+        raw_shown = "(not shown)"
+    else:
+        raw_shown = repr(raw)
     types = schema.get("type")
     types = [types] if isinstance(types, str) else list(types or [])
     if "null" in types and raw.strip().lower() in ("", "null", "none"):
@@ -241,17 +257,17 @@ def _coerce(raw: str, schema: Mapping[str, Any], name: str) -> Any:
             return False
         if "string" in types:
             return raw
-        raise ConfigError(f"{name}: invalid value {raw!r}: expected true or false")
+        raise ConfigError(f"{name}: invalid value {raw_shown}: expected true or false")
     if "integer" in types:
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(f"{name}: invalid value {raw!r}: expected an integer") from None
+            raise ConfigError(f"{name}: invalid value {raw_shown}: expected an integer") from None
     if "number" in types:
         try:
             return float(raw)
         except ValueError:
-            raise ConfigError(f"{name}: invalid value {raw!r}: expected a number") from None
+            raise ConfigError(f"{name}: invalid value {raw_shown}: expected a number") from None
     return raw
 
 

@@ -1,33 +1,90 @@
-"""JSON encoding that never emits NaN or Infinity (they are not JSON; clients choke on them)."""
+"""JSON in and out: encoding that never emits NaN or Infinity (they are not JSON; clients choke
+on them), and strict decoding of what clients send."""
 
 from __future__ import annotations
 
 import json
 import math
 import secrets
-from typing import Any
+from typing import Any, Union
+
+import orjson
+
+
+class InvalidJSON(ValueError):
+    """A client's document is not strict JSON; the message says where and why, safe to show."""
+
+
+def loads_strict(raw: Union[bytes, str]) -> Any:
+    """Decode a client's JSON strictly: invalid UTF-8, lone surrogate escapes (`"\\ud800"`),
+    NaN/Infinity and nesting deeper than 1,024 levels are refused with a clear message instead of
+    an object that cannot be encoded again or a RecursionError further down."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(str(exc)) from None
+
+
+def escape_text(text: str) -> str:
+    """`text` as it can be sent: a name read from disk that is not valid UTF-8 arrives with
+    surrogate escapes (PEP 383) and is shown with each undecodable byte as `%XX`; any other
+    lone surrogate becomes U+FFFD. Valid text comes back unchanged."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append("%%%02X" % (code - 0xDC00))
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append("\ufffd")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _clean(obj: Any) -> Any:
+    """A copy that can always be encoded: non-finite floats as null, unencodable text escaped."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return escape_text(obj)
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {(escape_text(k) if isinstance(k, str) else k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj
 
 
-def dumps(obj: Any) -> str:
-    """Compact JSON; non-finite floats become null (the fast path pays nothing for the check)."""
+def _text(obj: Any) -> str:
     try:
         return json.dumps(obj, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except ValueError:
         return json.dumps(_clean(obj), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
+def dumps(obj: Any) -> str:
+    """Compact JSON that always encodes as UTF-8; the fast path pays only for the checks."""
+    text = _text(obj)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _text(_clean(obj))
+    return text
+
+
 def dumpb(obj: Any) -> bytes:
-    return dumps(obj).encode("utf-8")
+    text = _text(obj)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _text(_clean(obj)).encode("utf-8")
 
 
 def dumpb_sliced(obj: dict, key: str, size: int = 256) -> bytes:

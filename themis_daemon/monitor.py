@@ -1,7 +1,10 @@
 """Polls the storage on the IOLoop and turns what changed into run events.
 
-The refresh itself runs on a single storage thread (file I/O never blocks the loop); the diff
-of old and new summaries happens back on the loop, where events are handed to the hub.
+The refresh itself, and taking the summaries it produced, run on a single storage thread (file
+I/O and the storage's locks never block the loop); the loop keeps that snapshot, serves lists
+and /metrics from it, and diffs old and new summaries into events for the hub. A poll that
+hangs (a store that blocks a read) is noticed: /readyz says so and requests get the last known
+state instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -101,8 +104,9 @@ class Monitor:
     def __init__(self, store: Sources, executor: Executor, *, poll_interval: float = 1.0,
                  stalled_after: Optional[float] = None,
                  publish: Optional[Callable[[Dict[str, Any]], None]] = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, stuck_after_polls: int = 30):
         self.store = store
+        self.stuck_after_polls = stuck_after_polls
         self.executor = executor
         self.poll_interval = poll_interval
         self.stalled_after = stalled_after
@@ -111,6 +115,13 @@ class Monitor:
         self._pc: Optional[PeriodicCallback] = None
         self._inflight: Optional[asyncio.Future] = None
         self._snapshot: Dict[str, Dict[str, Any]] = {}
+        # Storage summaries as of the last finished poll (newest first), taken on the storage
+        # thread, and the store generation they belong to (a cache key for REST).
+        self._plain: List[Dict[str, Any]] = []
+        self._plain_by_id: Dict[str, Dict[str, Any]] = {}
+        self.generation = 0
+        self._poll_started: Optional[float] = None  # clock of the poll in flight, if any
+        self._stuck_logged = False
         self.stalled: set = set()  # in-progress runs whose files stopped moving
         self.stall_generation = 0  # bumps whenever that set changes (a cache key for REST)
         self._last_ok: Optional[float] = None
@@ -144,10 +155,41 @@ class Monitor:
     # ------------------------------------------------------------------ refresh
 
     async def _tick(self) -> None:
-        try:
-            await self.refresh()
-        except Exception:  # the monitor must survive anything the storage throws at it
-            log.exception("storage poll failed")
+        running = self.poll_running_for()
+        if running is not None:
+            # Still in flight: let it finish, and say so once it has taken too long.
+            if running > self.stuck_after and not self._stuck_logged:
+                self._stuck_logged = True
+                log.error("storage poll has been running for %.1f s (more than %d poll intervals): a store "
+                          "blocks a read; serving the last known state, /readyz answers 503", running,
+                          self.stuck_after_polls)
+            return
+        # Not awaited: the periodic callback waits for its tick, and these checks must go on
+        # while a read hangs.
+        self.refresh().add_done_callback(self._poll_done)
+
+    @staticmethod
+    def _poll_done(future: "asyncio.Future[RefreshResult]") -> None:
+        if not future.cancelled() and future.exception() is not None:
+            # The monitor must survive anything the storage throws at it.
+            log.error("storage poll failed", exc_info=future.exception())
+
+    @property
+    def stuck_after(self) -> float:
+        return self.stuck_after_polls * self.poll_interval
+
+    def poll_running_for(self) -> Optional[float]:
+        """Seconds the poll in flight has been running, None when none is."""
+        started = self._poll_started
+        return None if started is None else self.clock() - started
+
+    def stuck(self) -> Optional[str]:
+        """Why the monitor is not keeping up (a poll running for too long), else None."""
+        running = self.poll_running_for()
+        if running is not None and running > self.stuck_after and self.ticks:
+            return (f"storage poll running for {running:.1f} s (more than {self.stuck_after_polls} poll "
+                    f"intervals of {self.poll_interval:g} s); answers show the last known state")
+        return None
 
     def refresh(self, after_now: bool = False) -> "asyncio.Future[RefreshResult]":
         """Start a refresh, or join the one already running, so polls never pile up.
@@ -171,20 +213,43 @@ class Monitor:
         return self._inflight
 
     async def ensure_fresh(self) -> None:
-        """Wait for a refresh if the cached state is older than one poll interval."""
+        """Wait for a refresh if the cached state is older than one poll interval; once a first
+        scan is done, never longer than `stuck_after` (then the last known state is served)."""
         last = self._last_ok
         if last is None or self.clock() - last > max(self.poll_interval * 2, 0.05):
-            await self.refresh()
+            pending = self.refresh()
+            if last is None:
+                await pending
+                return
+            try:
+                await asyncio.wait_for(asyncio.shield(pending), self.stuck_after)
+            except asyncio.TimeoutError:
+                pass
+
+    def _poll(self):
+        """On the storage thread: refresh, then take the summaries (themis 1.x runs lock)."""
+        result = self.store.refresh()
+        generation = self.store.generation
+        return result, self.store.summaries(), generation
 
     async def _refresh(self) -> RefreshResult:
         started = self.clock()
         loop = asyncio.get_running_loop()
-        result: RefreshResult = await loop.run_in_executor(self.executor, self.store.refresh)
+        self._poll_started = started
+        try:
+            result, plain, generation = await loop.run_in_executor(self.executor, self._poll)
+        finally:
+            self._poll_started = None
+        if self._stuck_logged:
+            self._stuck_logged = False
+            log.warning("storage poll finished after %.1f s; serving current state again", self.clock() - started)
         self.ticks += 1
         self.last_tick_duration = result.duration
         self._last_ok = started
         first = not self._snapshot and self.ticks == 1
-        plain = self.store.summaries()
+        self._plain = plain
+        self._plain_by_id = {s["run_id"]: s for s in plain}
+        self.generation = generation
         stalled = self._stall_events({s["run_id"]: s for s in plain})
         new = {s["run_id"]: self.annotate(s) for s in plain}
         events = [] if first else diff_events(self._snapshot, new, result.added, result.removed)
@@ -208,7 +273,15 @@ class Monitor:
         return {**summary, "stalled": summary["run_id"] in self.stalled}
 
     def summaries(self) -> List[Dict[str, Any]]:
-        return [self.annotate(s) for s in self.store.summaries()]
+        """Annotated summaries as of the last finished poll (never waits on the storage)."""
+        return [self.annotate(s) for s in self._plain]
+
+    def plain_summaries(self) -> List[Dict[str, Any]]:
+        return self._plain
+
+    def summary(self, run_id: str) -> Optional[Dict[str, Any]]:
+        plain = self._plain_by_id.get(run_id)
+        return None if plain is None else self.annotate(plain)
 
     def _stall_events(self, summaries: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
         before = set(self.stalled)

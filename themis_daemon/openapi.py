@@ -27,6 +27,7 @@ COMPONENT_FILES = {
     "Health": "responses/health",
     "Benchmarks": "responses/benchmarks",
     "WsServerMessage": "responses/ws_server_message",
+    "WsTicket": "responses/ws_ticket",
 }
 
 CLIENT_MESSAGES = {
@@ -111,9 +112,16 @@ def _ws_description() -> str:
     lines = [
         "WebSocket upgrade (`Upgrade: websocket`). Messages are JSON text frames.",
         "",
-        "With API keys configured, authenticate with `X-API-Key`, `Authorization: Bearer` or, for browsers, "
-        "the `token` query parameter. Refusals (401, 403, 503 too many connections) are problem-details "
-        "answers before the upgrade.",
+        "With API keys configured, authenticate with `X-API-Key` or `Authorization: Bearer`; browsers, which "
+        "cannot set headers on a WebSocket, first get a single-use ticket from `POST /api/ws-ticket` (valid "
+        "30 s) and open `/ws?ticket=TICKET`, so the key never appears in a URL or a log. The `token` query "
+        "parameter (the key itself) still works but is discouraged. Refusals (401, 403 for a wrong key or an "
+        "invalid, expired or used ticket, 503 too many connections) are problem-details answers before the "
+        "upgrade.",
+        "",
+        "A message that is not strict JSON (invalid UTF-8, a lone surrogate escape) gets an `error` with a "
+        "`detail`; one nested deeper than 1,024 levels also closes the connection with code 1008. If sending "
+        "to a client fails, that connection is closed with code 1011 (never left open and silent).",
         "",
         "Client messages are validated against the `WsClientMessage` schema; server messages are described "
         "by `WsServerMessage`. Run events carry a monotonically increasing `seq` and the run summary in "
@@ -176,7 +184,8 @@ def _paths() -> Dict[str, Any]:
             "parameters": [
                 {"name": "status", "in": "query", "required": False, "style": "form", "explode": False,
                  "description": "One or several statuses, comma-separated (the parameter may also repeat).",
-                 "schema": {"type": "array", "items": {"type": "string", "enum": list(STATUSES) + ["unknown"]}}},
+                 "schema": {"type": "array", "minItems": 1,
+                            "items": {"type": "string", "enum": list(STATUSES) + ["unknown"]}}},
                 {"name": "experiment_id", "in": "query", "required": False, "schema": {"type": "string"}},
                 {"name": "sort", "in": "query", "required": False,
                  "description": "Sort key; `-` prefix for descending.",
@@ -315,9 +324,11 @@ def _paths() -> Dict[str, Any]:
         "/ws": {"get": {
             "tags": ["live"], "operationId": "websocket", "summary": "WebSocket: subscriptions and live run events",
             "description": _ws_description(),
-            "security": API_KEY_SECURITY + [{"ApiKeyQuery": []}],
-            "parameters": [{"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
-                            "description": "API key, for browsers that cannot set headers on a WebSocket."}],
+            "security": API_KEY_SECURITY + [{"WsTicket": []}, {"ApiKeyQuery": []}],
+            "parameters": [{"name": "ticket", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "A single-use ticket from `POST /api/ws-ticket` (browsers)."},
+                           {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "The API key itself (discouraged: URLs end up in logs; use `ticket`)."}],
             "responses": {
                 "101": {"description": "Switching protocols; then JSON messages (see `x-websocket`)."},
                 "400": _problem("Not a WebSocket upgrade request."),
@@ -330,6 +341,14 @@ def _paths() -> Dict[str, Any]:
                 "serverMessages": {k: {"description": v, "schema": _ref("WsServerMessage")}
                                    for k, v in SERVER_MESSAGES.items()},
             },
+        }},
+        "/api/ws-ticket": {"post": {
+            "tags": ["live"], "operationId": "createWsTicket", "summary": "A single-use ticket for /ws",
+            "description": "Authenticated like every `/api/*` route. The ticket opens one WebSocket "
+                           "(`/ws?ticket=TICKET`) within `expires_in` seconds; it is signed with the configured "
+                           "keys, so any worker or replica with the same keys accepts it. Without API keys "
+                           "configured /ws needs no ticket.",
+            "responses": {"201": _json(_ref("WsTicket"), "A ticket."), **_auth_errors()},
         }},
         "/openapi.json": {"get": {
             "tags": ["docs"], "operationId": "getOpenAPI", "summary": "This OpenAPI document", "security": [],
@@ -415,7 +434,9 @@ def build_openapi() -> Dict[str, Any]:
                 "BearerAuth": {"type": "http", "scheme": "bearer",
                                "description": "One of the configured API keys as a bearer token."},
                 "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "token",
-                                "description": "The API key as a query parameter (`/ws` only, for browsers)."},
+                                "description": "The API key as a query parameter (`/ws` only; discouraged, use a ticket)."},
+                "WsTicket": {"type": "apiKey", "in": "query", "name": "ticket",
+                             "description": "A single-use ticket from `POST /api/ws-ticket` (`/ws` only, for browsers)."},
             },
         },
     }

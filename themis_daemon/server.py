@@ -37,6 +37,7 @@ log = logging.getLogger("themis_daemon")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SWITCH_INTERVAL = 0.0005  # seconds
+BODY_LIMIT_BACKSTOP = 1 << 40  # the HTTP server's own limit; the real one is checked by the application
 
 
 # ------------------------------------------------------------------------------------ demo mode
@@ -223,7 +224,7 @@ def run(settings: Settings, *, reload: bool = False, demo: bool = False,
 
 def _run_worker(settings: Settings, sockets: List[socket.socket], *, reload: bool = False,
                 demo_dir: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
-                writer: bool = False) -> int:
+                writer: bool = False, events: Optional[str] = None) -> int:
     demo_writers: List[Any] = []
     if writer and demo_dir:
         from .demo.live import DemoWriterThread
@@ -237,7 +238,7 @@ def _run_worker(settings: Settings, sockets: List[socket.socket], *, reload: boo
 
     try:
         code = asyncio.run(_serve(settings, sockets, reload=reload, demo_dir=demo_dir, overrides=overrides,
-                                  on_serving=start_writers))
+                                  on_serving=start_writers, events=events))
     finally:
         for thread in demo_writers:
             if thread.is_alive():
@@ -269,7 +270,7 @@ def _abandon_running_work(code: int) -> None:
 
 async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bool,
                  demo_dir: Optional[str], overrides: Optional[Dict[str, Any]] = None,
-                 on_serving: Optional[Any] = None) -> int:
+                 on_serving: Optional[Any] = None, events: Optional[str] = None) -> int:
     from .web.app import create_app
 
     # Work threads (details, comparisons, storage polls) hand the GIL over at this interval:
@@ -278,8 +279,18 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
     sys.setswitchinterval(SWITCH_INTERVAL)
     app = create_app(settings=settings, autoreload=reload)
     daemon = app.settings["daemon"]
+    feed = None
+    if events:
+        # Under a supervisor: run events come from its one poller, numbered once for every
+        # worker; this worker's own polls only keep its state for REST current.
+        from .events import EventFeed
+
+        daemon.monitor.publish = None
+        feed = EventFeed(events, daemon.hub)
+        feed.start()
     server = DrainingHTTPServer(
-        app, xheaders=settings.server.xheaders, max_body_size=settings.server.max_body_size,
+        # The body limit is the application's (a JSON 413, also for chunked bodies; app.py).
+        app, xheaders=settings.server.xheaders, max_body_size=BODY_LIMIT_BACKSTOP,
         idle_connection_timeout=settings.server.idle_connection_timeout,
     )
     addrs = describe_sockets(sockets)
@@ -378,6 +389,8 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
     if not first_scan.done():
         first_scan.cancel()
     stopped.cancel()
+    if feed is not None:
+        feed.stop()
     daemon.close()
     log.info("%sstopped", who)
     return 0

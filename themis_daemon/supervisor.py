@@ -30,6 +30,16 @@ from .server import STOP_SIGNALS, _remember_reload, _run_worker, describe_socket
 log = logging.getLogger("themis_daemon")
 
 
+def _set_process_name(name: bytes) -> None:
+    """Best effort (Linux): the name `ps` and /proc/PID/comm show, so the poller stands out."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # PR_SET_NAME
+    except Exception:
+        pass
+
+
 def _set_parent_death_signal(sig: int) -> None:
     """Best effort (Linux): this worker gets `sig` if the main process dies without stopping it."""
     try:
@@ -82,8 +92,51 @@ class Supervisor:
         self.addrs = describe_sockets(sockets)
         self.watchdog = systemd.watchdog_interval()
         self.last_watchdog = 0.0
+        self.poller_pid: Optional[int] = None
+        self.events_name = ""
 
     # ---------------------------------------------------------------- worker side
+
+    def _child_setup(self) -> None:
+        """In a freshly forked child: default signals, none of the main process' descriptors."""
+        signal.set_wakeup_fd(-1)
+        for sig in STOP_SIGNALS + (signal.SIGCHLD,):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, _remember_reload)
+        self.selector.close()
+        self.channel.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        _set_parent_death_signal(signal.SIGTERM)
+        if os.getppid() != self.main_pid:  # the main process died before prctl
+            os._exit(1)
+
+    def _spawn_poller(self) -> None:
+        """The one process that polls the storage and numbers run events for every worker."""
+        pid = os.fork()
+        if pid:
+            self.poller_pid = pid
+            return
+        code = 1
+        try:
+            self._child_setup()
+            _set_process_name(b"themis-poller")
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its loop handles reloads
+            for sock in self.sockets:
+                sock.close()
+            from .events import run_poller
+
+            code = run_poller(self.settings, self.events_name)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            log.exception("the event poller crashed")
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
 
     def _spawn(self, index: int) -> None:
         pid = os.fork()
@@ -92,17 +145,7 @@ class Supervisor:
             return
         code = 1
         try:
-            signal.set_wakeup_fd(-1)
-            for sig in STOP_SIGNALS + (signal.SIGCHLD,):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, _remember_reload)  # applied once the worker's loop handles it
-            self.selector.close()
-            self.channel.close()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-            _set_parent_death_signal(signal.SIGTERM)
-            if os.getppid() != self.main_pid:  # the main process died before prctl
-                os._exit(1)
+            self._child_setup()  # SIGHUP is remembered, and applied once the worker's loop handles it
             os.environ["NOTIFY_SOCKET"] = self.channel_name
             os.environ.pop("WATCHDOG_PID", None)
             if not self.watchdog:
@@ -111,7 +154,7 @@ class Supervisor:
                 os.environ.pop(key, None)
             tornado.process._task_id = index  # so tornado.process.task_id() names the worker
             code = _run_worker(self.settings, self.sockets, demo_dir=self.demo_dir,
-                               overrides=self.overrides, writer=index == 0)
+                               overrides=self.overrides, writer=index == 0, events=self.events_name)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -132,6 +175,7 @@ class Supervisor:
         self.channel.bind("\0" + self.channel_name[1:])
         self.channel.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.channel.setblocking(False)
+        self.events_name = f"@themis-daemon-{self.main_pid}-events-{secrets.token_hex(8)}"
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.channel, selectors.EVENT_READ, "notify")
@@ -164,14 +208,16 @@ class Supervisor:
             self._handle_signals()
             self._reap()
             if self.stopping:
-                if not self.workers:
+                if not self.workers and self.poller_pid is None:
                     return
                 if time.monotonic() > self.stop_deadline:
-                    for pid in list(self.workers):
-                        log.error("worker pid %d did not stop in time; killing it", pid)
+                    for pid in list(self.workers) + ([self.poller_pid] if self.poller_pid else []):
+                        log.error("process %d did not stop in time; killing it", pid)
                         self._kill(pid, signal.SIGKILL)
                     self.stop_deadline = time.monotonic() + 5.0
             else:
+                if self.poller_pid is None:
+                    self._spawn_poller()
                 running = {w.index for w in self.workers.values()}
                 for index in range(self.count):
                     if index not in running:
@@ -201,13 +247,13 @@ class Supervisor:
                     self.stop_deadline = now + self.settings.server.drain_timeout + 5.0
                     for sock in self.sockets:  # connections now get refused, not queued
                         sock.close()
-                    for pid in list(self.workers):
+                    for pid in list(self.workers) + ([self.poller_pid] if self.poller_pid else []):
                         self._kill(pid, signal.SIGTERM)
                 elif now - self.stop_started > 1.0:
                     # Asked again (a second Ctrl-C): do not wait for the drain.
                     log.warning("stopping now: killing %d workers", len(self.workers))
                     self.failed = True
-                    for pid in list(self.workers):
+                    for pid in list(self.workers) + ([self.poller_pid] if self.poller_pid else []):
                         self._kill(pid, signal.SIGKILL)
             elif sig == signal.SIGHUP and not self.stopping:
                 self._reload()
@@ -226,6 +272,8 @@ class Supervisor:
         log.info("configuration reloaded from %s; reloading %d workers", new.config_file or "the environment",
                  len(self.workers))
         self.reload_started = time.monotonic()
+        if self.poller_pid is not None:
+            self._kill(self.poller_pid, signal.SIGHUP)
         for pid, worker in list(self.workers.items()):
             worker.reloading = True
             self._kill(pid, signal.SIGHUP)
@@ -244,6 +292,18 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if pid == self.poller_pid:
+                self.poller_pid = None
+                if not self.stopping:
+                    code = os.waitstatus_to_exitcode(status)
+                    log.error("the event poller (pid %d) exited with status %d; restarting it", pid, code)
+                    now = time.monotonic()
+                    self.restarts = [t for t in self.restarts if now - t < self.RESTART_WINDOW] + [now]
+                    if len(self.restarts) > self.MAX_RESTARTS:
+                        log.error("%d restarts in %.0f s, giving up", len(self.restarts) - 1, self.RESTART_WINDOW)
+                        self.failed = True
+                        self.pending_signals.append(signal.SIGTERM)
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import numbers
-from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
@@ -20,7 +20,10 @@ from scipy import stats
 from .align import MetricSamples, align, collapse_metric, stable_mean
 from .correction import CORRECTION_LABELS, CORRECTIONS, reject
 from .paired_tests import (
+    Cancelled,
     TestResult,
+    cancellable,
+    check_cancelled,
     clean_differences,
     effect_sizes,
     estimate_work,
@@ -205,8 +208,19 @@ def compare_runs(
     n_resamples: int = 10_000,
     lower_is_better: Iterable[str] = (),
     max_work: Optional[int] = None,
+    cancelled: Optional[Callable[[], bool]] = None,
 ) -> dict:
-    """Compare every pair of runs on every metric; see the module docstring and the README."""
+    """Compare every pair of runs on every metric; see the module docstring and the README.
+
+    `max_work` caps the whole job: the sum of every row's work (see estimate_work). With
+    `cancelled`, the job raises Cancelled soon after it turns true (checked between rows and
+    between resampling batches), so a worker is not held for an answer nobody will read.
+    """
+    with cancellable(cancelled):
+        return _compare_runs(runs, metrics, test, alpha, correction, seed, n_resamples, lower_is_better, max_work)
+
+
+def _compare_runs(runs, metrics, test, alpha, correction, seed, n_resamples, lower_is_better, max_work) -> dict:
     runs = list(runs)
     _validate(runs, test, alpha, correction, seed, n_resamples, max_work)
     alpha = float(alpha)
@@ -239,8 +253,10 @@ def compare_runs(
     # doing any heavy work.
     pairs = [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))]
     rows: List[dict] = []
+    total_work = 0
     for m in metric_list:
         for i, j in pairs:
+            check_cancelled()
             pa, pb = prepared[i][m], prepared[j][m]
             al = align(pa, pb)
             n = int(al.a.size)
@@ -268,9 +284,19 @@ def compare_runs(
                     f"> max_work {max_work}; lower n_resamples or use t_test/wilcoxon/mcnemar",
                     {"metric": m, "n": n, "n_resamples": n_resamples, "work": work, "max_work": max_work},
                 )
+            total_work += work
             rows.append({"metric": m, "i": i, "j": j, "al": al, "test": used, "n": n, "e": e,
                          "a": a_s, "b": b_s, "d": d, "tol": tol,
                          "dropped": pa.n_dropped_nonfinite + pb.n_dropped_nonfinite})
+
+    if max_work is not None and total_work > max_work:
+        raise CompareError(
+            400,
+            f"Comparison too large: {len(rows)} rows ({len(metric_list)} metrics x {len(pairs)} pairs of runs) "
+            f"need {total_work} operations in total > max_work {max_work}; compare fewer runs or metrics, "
+            f"lower n_resamples or use t_test/wilcoxon/mcnemar",
+            {"rows": len(rows), "n_resamples": n_resamples, "work": total_work, "max_work": max_work},
+        )
 
     # Phase 2: bootstrap index streams shared per (metric, n) for continuous rows.
     groups: Dict[Tuple[str, int], List[dict]] = {}
@@ -287,6 +313,7 @@ def compare_runs(
     # Phase 3: tests, per row, each with its own stream.
     results: List[TestResult] = []
     for r in rows:
+        check_cancelled()
         ra, rb = run_ids[r["i"]], run_ids[r["j"]]
         results.append(run_test(
             r["test"], r["a"], r["b"], alpha=alpha, n_resamples=n_resamples,

@@ -33,7 +33,9 @@ data cannot give.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -166,9 +168,35 @@ def reconcile(lo: Optional[float], hi: Optional[float], p: float, alpha: float,
     return lo, hi
 
 
+class Cancelled(Exception):
+    """The caller no longer wants the answer (its client went away, or the server stops)."""
+
+
+_job = threading.local()
+
+
+@contextlib.contextmanager
+def cancellable(cancelled: Optional[Callable[[], bool]]):
+    """Within this block, `check_cancelled` (called between rows and between resampling batches
+    of this thread) raises Cancelled once `cancelled()` is true."""
+    previous = getattr(_job, "cancelled", None)
+    _job.cancelled = cancelled
+    try:
+        yield
+    finally:
+        _job.cancelled = previous
+
+
+def check_cancelled() -> None:
+    fn = getattr(_job, "cancelled", None)
+    if fn is not None and fn():
+        raise Cancelled()
+
+
 def _batches(total: int, per_row: int):
     size = max(1, BATCH_ELEMS // max(1, per_row))
     for start in range(0, total, size):
+        check_cancelled()
         yield start, min(size, total - start)
 
 

@@ -13,7 +13,8 @@ import re
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .base import NotAStore, RefreshResult, RunNotFound, settle_long_lived
+from ..jsonutil import escape_text
+from .base import STATUSES, NotAStore, RefreshResult, RunNotFound, settle_long_lived
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -155,6 +156,7 @@ class Sources:
         self._index: Dict[str, Any] = {}
         self._wrapped: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]] = {}
         self._logged: set = set()
+        self._failures: Dict[str, str] = {}  # source name -> why its last refresh raised
         self._rebuild_index()
 
     # ------------------------------------------------------------------ properties
@@ -183,6 +185,7 @@ class Sources:
     @property
     def root_error(self) -> Optional[str]:
         errors = [f"{s.name}: {s.root_error}" for s in self.sources if s.root_error]
+        errors += [f"{name}: {why}" for name, why in self._failures.items()]
         return "; ".join(errors) or None
 
     def describe(self) -> List[Dict[str, Any]]:
@@ -192,12 +195,12 @@ class Sources:
             kind = getattr(getattr(s, "reader", None), "kind", "files")
             out.append({"name": s.name, "format": getattr(s, "format", "themis-v1"), "backend": kind,
                         "location": s.root, "runs": len(s.run_ids()), "scanned": s.scanned,
-                        "error": s.root_error})
+                        "error": s.root_error or self._failures.get(s.name)})
         return out
 
     def readable(self) -> bool:
         for s in self.sources:
-            if s.root_error:
+            if s.root_error or s.name in self._failures:
                 return False
             if getattr(s, "format", "themis-v1") == "themis-v1" and not os.access(s.root, os.R_OK | os.X_OK):
                 return False
@@ -211,7 +214,16 @@ class Sources:
         before = set(self._index)
         was_scanned = self.scanned
         for source in self.sources:
-            total.merge(source.refresh())
+            try:
+                total.merge(source.refresh())
+                self._failures.pop(source.name, None)
+            except Exception as exc:
+                # One source's unexpected failure stops neither the others nor later polls.
+                why = f"refresh failed: {type(exc).__name__}: {exc}"
+                if self._failures.get(source.name) != why:
+                    log.error("store %s: %s", source.name, why, exc_info=True)
+                self._failures[source.name] = why
+                total.merge(RefreshResult(error=f"{source.name}: {why}"))
         self._rebuild_index()
         if not was_scanned and self.scanned:
             settle_long_lived()
@@ -236,6 +248,8 @@ class Sources:
                         self._logged.add(msg)
                         log.warning("%s", msg)
         self._index = index
+        for run_id in [r for r in self._wrapped if r not in index]:
+            del self._wrapped[run_id]  # a removed run's wrapped summary
 
     # ------------------------------------------------------------------ queries
 
@@ -261,6 +275,11 @@ class Sources:
                 return matches[0]
             if len(matches) > 1:
                 raise AmbiguousRun(ref, len(matches))
+        if "%" in ref or "\ufffd" in ref:
+            # A folder name that is not valid UTF-8 is served escaped (jsonutil.escape_text).
+            for run_id in self._index:
+                if not run_id.isascii() and escape_text(run_id) == ref:
+                    return run_id
         raise RunNotFound(ref)
 
     def get(self, run_id: str) -> Any:
@@ -273,21 +292,33 @@ class Sources:
         cached = self._wrapped.get(run_id)
         if cached is not None and cached[0] is summary:
             return cached[1]
-        out = {**summary, "native_status": None, "format": "themis-v1", "source": source.name}
+        out = sane_summary({**summary, "native_status": None, "format": "themis-v1", "source": source.name})
         self._wrapped[run_id] = (summary, out)
         return out
 
+    def _summary_of(self, source: Any, run_id: str) -> Dict[str, Any]:
+        """A run's summary; whatever goes wrong building it stays in that run's `error`."""
+        try:
+            return self._wrap(source, source.summary(run_id))
+        except Exception as exc:
+            message = f"run {run_id!r} in source {source.name!r}: its summary cannot be built: {type(exc).__name__}: {exc}"
+            if message not in self._logged:
+                self._logged.add(message)
+                log.error("%s", message, exc_info=True)
+            return {"run_id": run_id, "experiment_id": None, "status": "unknown", "num_samples": 0, "metrics": {},
+                    "created_at": None, "updated_at": None, "completed_at": None, "error_message": None,
+                    "model": None, "expected_samples": None, "generated": 0, "evaluated": 0, "failed": 0,
+                    "progress": None, "error": f"summary cannot be built: {type(exc).__name__}: {exc}",
+                    "native_status": None, "format": getattr(source, "format", "themis-v1"), "source": source.name}
+
     def summaries(self) -> List[Dict[str, Any]]:
         """Summaries of every run, newest first (by created_at, then run id)."""
-        items = []
-        for run_id, source in self._index.items():
-            items.append(self._wrap(source, source.summary(run_id)))
+        items = [self._summary_of(source, run_id) for run_id, source in self._index.items()]
         items.sort(key=lambda s: (s.get("created_at") or "", s["run_id"]), reverse=True)
         return items
 
     def summary(self, run_id: str) -> Dict[str, Any]:
-        source = self._owner(run_id)
-        return self._wrap(source, source.summary(run_id))
+        return self._summary_of(self._owner(run_id), run_id)
 
     def detail_versioned(self, run_id: str, offset: int = 0, limit: Optional[int] = None,
                          include_pending: bool = False):
@@ -326,6 +357,37 @@ class Sources:
             close = getattr(s, "close", None)
             if close is not None:
                 close()
+
+
+_TEXT_FIELDS = ("experiment_id", "created_at", "updated_at", "completed_at", "error_message", "model")
+_COUNT_FIELDS = ("num_samples", "generated", "evaluated", "failed")
+
+
+def sane_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """A summary whose fields have the documented types: values of the wrong type read from a
+    run's own files (a number as `created_at`, a list as `status`) are replaced and named in the
+    run's `error`, so they cannot break sorting, filtering, events or metrics for every run."""
+    problems = []
+    status = summary.get("status")
+    if not isinstance(status, str) or status not in STATUSES + ("unknown",):
+        problems.append(f"status {str(status)[:40]!r} is not a known status")
+        summary["status"] = "unknown"
+    for name in _TEXT_FIELDS:
+        value = summary.get(name)
+        if value is not None and not isinstance(value, str):
+            problems.append(f"{name} is a {type(value).__name__}, not text")
+            summary[name] = None
+    for name in _COUNT_FIELDS:
+        value = summary.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{name} is not a count")
+            summary[name] = 0
+    if not isinstance(summary.get("metrics"), dict):
+        summary["metrics"] = {}
+    if problems:
+        found = "unexpected values in the run's files: " + "; ".join(problems)
+        summary["error"] = f"{summary['error']}; {found}" if summary.get("error") else found
+    return summary
 
 
 def open_sources(specs: Sequence[Union[str, Dict[str, Any]]], *, password_file: Optional[str] = None,

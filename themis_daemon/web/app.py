@@ -10,7 +10,7 @@ import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import tornado.httputil
 import tornado.web
@@ -20,19 +20,41 @@ from ..config import Settings, settings_from_kwargs
 from ..monitor import Monitor
 from ..storage import Sources, open_sources
 from . import health, metrics, runs
-from .base import NotFoundHandler, problem
+from .base import NotFoundHandler, Tickets, problem
 
 log = logging.getLogger("themis_daemon")
 
 
 class BodyCache:
-    """A small LRU of encoded response bodies, bounded by total bytes."""
+    """A small LRU of encoded response bodies, bounded by total bytes.
+
+    Entries may belong to a group with a version (a run and its version, the list and the
+    store generation): a new version drops the group's older entries at once, so bodies nobody
+    can ask for again do not sit in memory until the byte bound pushes them out.
+    """
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024):
         self.max_bytes = max_bytes
         self._items: "OrderedDict[Any, Tuple]" = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+        self._groups: Dict[Any, Tuple[Any, set]] = {}  # group -> (version, keys)
+        self._group_of: Dict[Any, Any] = {}
+
+    def _drop(self, key: Any) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._size -= len(old[0])
+        group = self._group_of.pop(key, None)
+        if group is not None and group in self._groups:
+            self._groups[group][1].discard(key)
+            if not self._groups[group][1]:
+                del self._groups[group]
+
+    def drop_group(self, group: Any) -> None:
+        with self._lock:
+            for key in list(self._groups.get(group, (None, ()))[1]):
+                self._drop(key)
 
     def get(self, key: Any) -> Optional[Tuple]:
         with self._lock:
@@ -41,19 +63,27 @@ class BodyCache:
                 self._items.move_to_end(key)
             return item
 
-    def put(self, key: Any, value: Tuple) -> None:
+    def put(self, key: Any, value: Tuple, group: Any = None, version: Any = None) -> None:
         size = len(value[0])
         if size > self.max_bytes // 4:
             return
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._size -= len(old[0])
+            if group is not None:
+                current = self._groups.get(group)
+                if current is not None and current[0] != version:
+                    for stale in list(current[1]):
+                        self._drop(stale)
+                    current = None
+                if current is None:
+                    self._groups[group] = current = (version, set())
+            self._drop(key)
             self._items[key] = value
             self._size += size
+            if group is not None:
+                current[1].add(key)
+                self._group_of[key] = group
             while self._size > self.max_bytes and self._items:
-                _, dropped = self._items.popitem(last=False)
-                self._size -= len(dropped[0])
+                self._drop(next(iter(self._items)))
 
 
 class Daemon:
@@ -80,10 +110,17 @@ class Daemon:
         self.monitor = Monitor(self.store, self.storage_executor,
                                poll_interval=settings.monitor.poll_interval,
                                stalled_after=settings.monitor.stalled_after,
+                               stuck_after_polls=settings.monitor.stuck_after_polls,
                                publish=hub.publish if hub is not None else None, **monitor_kwargs)
         self.cache = BodyCache()
+        # A removed run's cached bodies can never be asked for again.
+        self.monitor.listeners.append(lambda result: [self.cache.drop_group(("run", r)) for r in result.removed])
         self.api_keys: List[str] = settings.api_keys()
+        self.tickets = Tickets()
         self._started = False
+        # Set once a stop begins: long jobs (comparisons) check it and give up.
+        self.stopping = False
+        self.jobs = {"compare_running": 0, "compare_cancelled": 0}
 
     def ensure_started(self) -> None:
         """Start polling on the running IOLoop; idempotent, called by serve and first requests."""
@@ -104,8 +141,10 @@ class Daemon:
         if settings.monitor.poll_interval != self.monitor.poll_interval:
             self.monitor.set_poll_interval(settings.monitor.poll_interval)
         self.monitor.stalled_after = settings.monitor.stalled_after
+        self.monitor.stuck_after_polls = settings.monitor.stuck_after_polls
 
     def close(self) -> None:
+        self.stopping = True
         self.monitor.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.storage_executor.shutdown(wait=False, cancel_futures=True)
@@ -119,42 +158,55 @@ def route_modules() -> List[Any]:
 
 
 class _BodyLimit(tornado.httputil.HTTPMessageDelegate):
-    """Answers 413 from the headers alone, so an oversized body is never buffered.
+    """Answers 413 as JSON for a body over `server.max_body_size`, so it is never buffered.
 
-    Tornado's own max_body_size answers a bare 400; this keeps the JSON error contract. After
-    the response Tornado closes the connection instead of reading the rest of the body.
+    A declared Content-Length is refused from the headers alone; a chunked body is counted as
+    it arrives and refused once it passes the limit (the HTTP server's own limit is set far
+    above, as it answers a bare 400). After the 413 Tornado closes the connection instead of
+    reading the rest of the body.
     """
 
     def __init__(self, inner: tornado.httputil.HTTPMessageDelegate, conn: Any, app: "ThemisApplication"):
         self.inner, self.conn, self.app = inner, conn, app
         self.rejected = False
+        self.started = False
+        self.received = 0
+        self.limit = 0
+
+    def _reject(self, detail: str) -> None:
+        self.rejected = True
+        body = jsonutil.dumpb(problem(413, detail))
+        self.conn.write_headers(
+            tornado.httputil.ResponseStartLine("HTTP/1.1", 413, "Payload Too Large"),
+            tornado.httputil.HTTPHeaders({"Content-Type": "application/problem+json",
+                                          "Content-Length": str(len(body)), "Connection": "close"}),
+            body)
+        self.conn.finish()
 
     def headers_received(self, start_line, headers):
-        limit = self.app.settings["daemon"].settings.server.max_body_size
+        self.limit = limit = self.app.settings["daemon"].settings.server.max_body_size
         length = headers.get("Content-Length", "")
         if length.isdigit() and int(length) > limit:
-            self.rejected = True
-            body = jsonutil.dumpb(problem(413, f"Request body too large: {length} bytes, the limit is {limit}"))
-            self.conn.write_headers(
-                tornado.httputil.ResponseStartLine("HTTP/1.1", 413, "Payload Too Large"),
-                tornado.httputil.HTTPHeaders({"Content-Type": "application/problem+json",
-                                              "Content-Length": str(len(body)), "Connection": "close"}),
-                body)
-            self.conn.finish()
+            self._reject(f"Request body too large: {length} bytes, the limit is {limit}")
             return None
+        self.started = True
         return self.inner.headers_received(start_line, headers)
 
     def data_received(self, chunk):
-        if not self.rejected:
-            return self.inner.data_received(chunk)
-        return None
+        if self.rejected:
+            return None
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self._reject(f"Request body too large: more than {self.limit} bytes (chunked), the limit is {self.limit}")
+            return None
+        return self.inner.data_received(chunk)
 
     def finish(self) -> None:
         if not self.rejected:
             self.inner.finish()
 
     def on_connection_close(self) -> None:
-        if not self.rejected:
+        if self.started:
             self.inner.on_connection_close()
 
 

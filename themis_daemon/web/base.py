@@ -6,7 +6,6 @@ import fnmatch
 import hashlib
 import hmac
 import http.client
-import json
 import logging
 import re
 import uuid
@@ -78,6 +77,62 @@ def request_key(handler: tornado.web.RequestHandler, allow_query: bool = False) 
         if token:
             return token
     return None
+
+
+class Tickets:
+    """Short-lived single-use tickets that let a browser open /ws without putting its API key
+    in the URL (where proxies and access logs would keep it).
+
+    A ticket is an expiry and a random nonce, signed with a secret derived from the configured
+    keys, so every worker and replica with the same keys accepts it; each process remembers the
+    nonces it has redeemed until they expire.
+    """
+
+    TTL = 30.0
+    MAX_REMEMBERED = 100_000
+
+    def __init__(self, clock=None):
+        import time
+
+        self.clock = clock or time.time
+        self._used: Dict[bytes, float] = {}
+
+    @staticmethod
+    def _secret(keys: List[str]) -> bytes:
+        material = "\0".join(sorted(keys)).encode("utf-8", "surrogatepass")
+        return hashlib.sha256(b"themis-daemon ws ticket\0" + material).digest()
+
+    def issue(self, keys: List[str]) -> str:
+        import base64
+        import os
+
+        payload = int(self.clock() + self.TTL).to_bytes(8, "big") + os.urandom(16)
+        mac = hmac.new(self._secret(keys), payload, hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(payload + mac).decode("ascii").rstrip("=")
+
+    def redeem(self, ticket: str, keys: List[str]) -> bool:
+        import base64
+        import binascii
+
+        try:
+            raw = base64.urlsafe_b64decode(ticket + "=" * (-len(ticket) % 4))
+        except (binascii.Error, ValueError):
+            return False
+        if len(raw) != 40:
+            return False
+        payload, mac = raw[:24], raw[24:]
+        if not hmac.compare_digest(mac, hmac.new(self._secret(keys), payload, hashlib.sha256).digest()[:16]):
+            return False
+        now = self.clock()
+        expires = int.from_bytes(payload[:8], "big")
+        if expires < now or payload in self._used:
+            return False
+        if len(self._used) >= self.MAX_REMEMBERED:
+            self._used = {k: t for k, t in self._used.items() if t >= now}
+            if len(self._used) >= self.MAX_REMEMBERED:
+                return False  # a flood of valid tickets: refuse rather than grow
+        self._used[payload] = expires
+        return True
 
 
 STANDARD_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
@@ -181,15 +236,18 @@ class BaseHandler(tornado.web.RequestHandler):
         ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype.startswith("multipart/"):
             raise ApiError(415, f"Unsupported content type {ctype!r}: send application/json")
+        body = self.request.body
+        if not body or not body.strip():
+            raise ApiError(400, "Invalid JSON body: the body is empty")
         try:
-            return json.loads(self.request.body or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
+            return jsonutil.loads_strict(body)
+        except jsonutil.InvalidJSON as exc:
             raise ApiError(400, f"Invalid JSON body: {exc}") from None
 
     def query_int(self, name: str, default: Optional[int], minimum: int = 0,
                   maximum: Optional[int] = None) -> Optional[int]:
         raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
+        if raw is None:
             return default
         try:
             value = int(raw, 10)
@@ -202,7 +260,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def query_bool(self, name: str, default: bool) -> bool:
         raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
+        if raw is None:
             return default
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):

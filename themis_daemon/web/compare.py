@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import sys
-from typing import Any, Dict, List, Tuple
+import threading
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import jsonutil
 from ..validation import describe
 from .base import ApiError, BaseHandler
 
 ORIGINAL_TESTS = ("t_test", "bootstrap", "permutation", "none")
+log = logging.getLogger("themis_daemon.compare")
+
 STATS = "themis_daemon.stats"
 
 
@@ -25,9 +29,19 @@ async def load_stats(executor: Any) -> Any:
 
 
 class CompareHandler(BaseHandler):
+    _gone: Optional[threading.Event] = None
+
+    def on_connection_close(self) -> None:
+        # The client went away: the running job stops at its next check instead of holding a
+        # worker thread for an answer nobody will read.
+        if self._gone is not None:
+            self._gone.set()
+        super().on_connection_close()
+
     async def post(self) -> None:
+        self._gone = gone = threading.Event()
         stats = await load_stats(self.daemon.executor)
-        CompareError, TESTS, compare_runs = stats.CompareError, stats.TESTS, stats.compare_runs
+        Cancelled, CompareError, TESTS, compare_runs = stats.Cancelled, stats.CompareError, stats.TESTS, stats.compare_runs
 
         body = self.json_body()
         if not isinstance(body, dict):
@@ -66,16 +80,33 @@ class CompareHandler(BaseHandler):
             "lower_is_better": body.get("lower_is_better", conf.lower_is_better),
             "max_work": conf.max_work,
         }
+        daemon = self.daemon
+
         def compute() -> Dict[str, Any]:
             # Building a run's per-sample view can take a while for big runs: not on the loop.
-            runs: List[Tuple[str, Any]] = [(r, store.scores(r)) for r in run_ids]
-            return compare_runs(runs, **kwargs)
+            runs: List[Tuple[str, Any]] = []
+            for r in run_ids:
+                if gone.is_set() or daemon.stopping:
+                    raise Cancelled()
+                runs.append((r, store.scores(r)))
+            return compare_runs(runs, **kwargs, cancelled=lambda: gone.is_set() or daemon.stopping)
 
         loop = asyncio.get_running_loop()
+        daemon.jobs["compare_running"] += 1
         try:
-            result = await loop.run_in_executor(self.daemon.executor, compute)
+            result = await loop.run_in_executor(daemon.executor, compute)
         except CompareError as exc:
             raise ApiError(exc.status, exc.detail, **(getattr(exc, "extra", None) or {})) from None
+        except Cancelled:
+            daemon.jobs["compare_cancelled"] += 1
+            log.info("compare of %d runs cancelled: %s", len(run_ids),
+                     "the client went away" if gone.is_set() else "the server is stopping")
+            if not gone.is_set():
+                raise ApiError(503, "The server is stopping; the comparison was cancelled",
+                               headers={"Retry-After": "1"}) from None
+            return
+        finally:
+            daemon.jobs["compare_running"] -= 1
         self.finish(jsonutil.dumpb(result))
 
 

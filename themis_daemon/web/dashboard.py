@@ -12,7 +12,7 @@ from typing import Any
 
 import tornado.web
 
-from .base import ApiError, BaseHandler, request_id
+from .base import STANDARD_METHODS, ApiError, BaseHandler, _AnyMethod, request_id
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 DASHBOARD_DIR = os.path.join(STATIC_DIR, "dashboard")
@@ -52,6 +52,13 @@ class StaticHandler(tornado.web.StaticFileHandler):
         self.set_header("Cache-Control", "no-cache")
 
     write_error = BaseHandler.write_error
+    # Every method reaches prepare, so that a 405 names the allowed ones (RFC 9110).
+    SUPPORTED_METHODS = _AnyMethod(STANDARD_METHODS)  # type: ignore[assignment]
+
+    def prepare(self) -> None:
+        if self.request.method not in ("GET", "HEAD"):
+            method = self.request.method if self.request.method in STANDARD_METHODS else "not"
+            raise ApiError(405, f"Method {method} allowed here; use GET, HEAD", headers={"Allow": "GET, HEAD"})
 
     async def get(self, path: str, include_body: bool = True) -> None:
         # A path outside the static folder (or not a file) is simply not found, as for the API;
@@ -71,7 +78,9 @@ class StaticHandler(tornado.web.StaticFileHandler):
         super().log_exception(typ, value, tb)
 
 
-class DashboardRedirect(tornado.web.RequestHandler):
+class DashboardRedirect(BaseHandler):
+    public = True
+
     def get(self) -> None:
         # Relative, so it also works behind a reverse proxy that adds a path prefix.
         self.redirect("dashboard/", permanent=True)

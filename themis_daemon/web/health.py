@@ -27,15 +27,18 @@ class ReadinessHandler(BaseHandler):
 
     def get(self) -> None:
         store = self.daemon.store
+        stuck = self.daemon.monitor.stuck()
         checks = {
             "first_scan_done": store.scanned,
             "storage_readable": store.readable(),
+            "polls_keep_up": stuck is None,
         }
         ready = all(checks.values())
         body = {"status": "ready" if ready else "not_ready", "checks": checks, "runs": len(store.run_ids()),
                 "sources": store.describe()}
-        if store.root_error:
-            body["detail"] = store.root_error
+        detail = "; ".join(x for x in (store.root_error, stuck) if x)
+        if detail:
+            body["detail"] = detail
         self.write_json(body, 200 if ready else 503)
 
 

@@ -32,7 +32,7 @@ class DaemonCollector:
         runs = GaugeMetricFamily("themis_runs", "Runs in the storage by status", labels=["status"])
         counts: dict = {}
         errors = warned = 0
-        for s in d.store.summaries():
+        for s in d.monitor.plain_summaries():  # the last poll's: a scrape never waits on the storage
             counts[s["status"]] = counts.get(s["status"], 0) + 1
             errors += 1 if s.get("error") else 0
             warned += 1 if s.get("warnings") else 0
@@ -51,8 +51,17 @@ class DaemonCollector:
         for key, help_text in (("events_published", "Run events published"), ("events_sent", "Run events sent to clients"),
                                ("events_dropped", "Progress events dropped for slow clients"),
                                ("events_coalesced", "Progress events replaced by newer ones"),
-                               ("clients_disconnected_slow", "Clients disconnected for not reading")):
+                               ("clients_disconnected_slow", "Clients disconnected for not reading"),
+                               ("clients_closed_on_error", "Clients closed (code 1011) after a failed send")):
             yield CounterMetricFamily(f"themis_ws_{key}", help_text, value=hub.stats[key])
+        yield GaugeMetricFamily("themis_compare_running", "Comparisons being computed", value=d.jobs["compare_running"])
+        yield CounterMetricFamily("themis_compare_cancelled", "Comparisons cancelled (client gone or server stopping)",
+                                  value=d.jobs["compare_cancelled"])
+        running = d.monitor.poll_running_for()
+        yield GaugeMetricFamily("themis_poll_running_seconds", "How long the storage poll in flight has been running "
+                                "(0 when none is)", value=running or 0.0)
+        yield GaugeMetricFamily("themis_poll_stuck", "1 while a storage poll has run longer than "
+                                "monitor.stuck_after_polls intervals", value=1 if d.monitor.stuck() else 0)
         yield CounterMetricFamily("themis_poll_ticks", "Storage polls done", value=d.monitor.ticks)
         yield GaugeMetricFamily("themis_poll_last_duration_seconds", "Duration of the last storage poll",
                                 value=d.monitor.last_tick_duration)
@@ -108,7 +117,7 @@ class Metrics:
             handler.request.remote_ip, duration * 1000, request_id(handler))
 
 
-_SECRET_PARAMS = re.compile(r"([?&](?:token|api_key|apikey|key|password)=)[^&#]*", re.IGNORECASE)
+_SECRET_PARAMS = re.compile(r"([?&](?:token|ticket|api_key|apikey|key|password)=)[^&#]*", re.IGNORECASE)
 
 
 def redact_uri(uri: str) -> str:

@@ -85,7 +85,7 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
     async def get(self) -> None:
         statuses = self._statuses()
         experiment = self.get_query_argument("experiment_id", None)
-        sort = self.get_query_argument("sort", "-created_at") or "-created_at"
+        sort = self.get_query_argument("sort", "-created_at")
         field = sort[1:] if sort.startswith("-") else sort
         if field not in SORT_KEYS:
             raise ApiError(400, f"Unknown sort key {sort!r}; use one of {', '.join(SORT_KEYS)} (prefix '-' for descending)")
@@ -93,7 +93,7 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
         offset = self.query_int("offset", 0, 0)
         await self.daemon.monitor.ensure_fresh()
         store, monitor = self.daemon.store, self.daemon.monitor
-        key = ("runs", store.generation, monitor.stall_generation, statuses, experiment, sort, limit, offset)
+        key = ("runs", monitor.generation, monitor.stall_generation, statuses, experiment, sort, limit, offset)
         hit = self.daemon.cache.get(key)
         if hit is None:
             items: List[Dict[str, Any]] = monitor.summaries()
@@ -107,7 +107,7 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
             page = items[offset:] if limit is None else items[offset:offset + limit]
             body = jsonutil.dumpb(page)
             hit = (body, _etag(body), total)
-            self.daemon.cache.put(key, hit)
+            self.daemon.cache.put(key, hit, group="runs", version=key[1:3])
         body, etag, total = hit
         self.set_header("X-Total-Count", str(total))
         await self.send_cached(body, etag)
@@ -116,10 +116,14 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
         raw = self.get_query_arguments("status")
         if not raw:
             return None
-        wanted = tuple(sorted({p.strip() for r in raw for p in r.split(",") if p.strip()}))
+        parts = [p.strip() for r in raw for p in r.split(",")]
+        if "" in parts:
+            raise ApiError(400, f"Query parameter 'status' has an empty value; use one or several of "
+                                f"{', '.join(STATUSES + ('unknown',))}, comma-separated")
+        wanted = tuple(sorted(set(parts)))
         bad = [s for s in wanted if s not in STATUSES + ("unknown",)]
         if bad:
-            raise ApiError(400, f"Unknown status {bad[0]!r}; use one of {', '.join(STATUSES)}")
+            raise ApiError(400, f"Unknown status {bad[0]!r}; use one of {', '.join(STATUSES + ('unknown',))}")
         return wanted or None
 
 
@@ -142,7 +146,8 @@ class RunHandler(CachedBodyMixin, BaseHandler):
                 raise ApiError(503, f"Run details cannot be read right now: {exc}",
                                headers={"Retry-After": "1"}) from None
             hit = (body, etag)
-            self.daemon.cache.put(("run", run_id, version, stalled, page), hit)
+            self.daemon.cache.put(("run", run_id, version, stalled, page), hit, group=("run", run_id),
+                                  version=(version, stalled))
         await self.send_cached(*hit)
 
     def _render(self, run_id: str, stalled: bool, page: Tuple[int, Optional[int], bool]) -> Tuple[bytes, str, int]:

@@ -8,7 +8,6 @@ are never dropped, and a client whose queue still overflows is disconnected.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from typing import Any, Deque, Dict, NamedTuple, Optional, Set
@@ -26,7 +25,9 @@ ALL = "*"
 COALESCING = {"run_progress"}
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_LATER = 1013
+CLOSE = "_close"  # the kind of a queued close: sent after the messages queued before it
 
 
 class Outgoing(NamedTuple):
@@ -36,6 +37,7 @@ class Outgoing(NamedTuple):
     run_id: Optional[str]
     seq: Optional[int]
     text: str
+    close_code: Optional[int] = None
 
     @classmethod
     def of(cls, message: Dict[str, Any]) -> "Outgoing":
@@ -98,16 +100,29 @@ class Client:
                 await self._wakeup.wait()
                 continue
             message = self.queue.popleft()
+            if message.kind == CLOSE:
+                self.close(message.close_code or CLOSE_POLICY, message.text)
+                break
             try:
                 await self.handler.write_message(message.text)
             except (tornado.websocket.WebSocketClosedError, tornado.iostream.StreamClosedError):
                 break
-            except Exception:  # one broken client must not take the hub down
-                log.exception("sending to a WebSocket client failed")
+            except Exception:
+                # Never leave a connection open but silent: the client sees a close code and
+                # reconnects, the other clients are not affected.
+                log.exception("sending to a WebSocket client failed; closing that connection")
+                self.hub.stats["clients_closed_on_error"] += 1
+                self.close(CLOSE_INTERNAL_ERROR, "internal error")
                 break
             if message.seq is not None:
                 self.hub.stats["events_sent"] += 1
         self.closed = True
+
+    def close_after_queue(self, code: int, reason: str) -> None:
+        """Close once what is already queued (an error reply) has been sent."""
+        if not self.closed:
+            self.queue.append(Outgoing(CLOSE, None, None, reason, code))
+            self._wakeup.set()
 
     def detach(self) -> None:
         """Stop sending: the sender coroutine wakes up and ends."""
@@ -132,7 +147,7 @@ class Hub:
         self.buffer: Deque[Outgoing] = deque(maxlen=max(settings.replay_buffer, 1))
         self.clients: Set[Client] = set()
         self.stats = {"events_published": 0, "events_sent": 0, "events_dropped": 0,
-                      "events_coalesced": 0, "clients_disconnected_slow": 0}
+                      "events_coalesced": 0, "clients_disconnected_slow": 0, "clients_closed_on_error": 0}
 
     def publish(self, event: Dict[str, Any]) -> Dict[str, Any]:
         # A `seq` derived from store positions (see monitor.positional_seq) is kept when it moves
@@ -176,7 +191,13 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def prepare(self) -> None:
         # Refusals happen here, before the upgrade, with a JSON body and a real status code.
         self.daemon.ensure_started()
-        BaseHandler.check_api_key(self, allow_query=True)
+        ticket = self.get_query_argument("ticket", None)
+        if ticket is not None and self.daemon.api_keys:
+            if not self.daemon.tickets.redeem(ticket, self.daemon.api_keys):
+                raise ApiError(403, "Invalid, expired or already used WebSocket ticket; "
+                                    "get a new one with POST /api/ws-ticket")
+        else:
+            BaseHandler.check_api_key(self, allow_query=True)
         hub = self.daemon.hub
         if len(hub.clients) >= self.daemon.settings.websocket.max_connections:
             raise ApiError(503, "Too many WebSocket connections")
@@ -212,16 +233,21 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.reply({"type": "error", "message": message, **extra})
 
     async def on_message(self, raw: Any) -> None:
-        if isinstance(raw, bytes):
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                self.error("Invalid JSON mapping")
-                return
         try:
-            msg = json.loads(raw)
-        except ValueError:
-            self.error("Invalid JSON mapping")
+            await self._on_message(raw)
+        except Exception:
+            log.exception("handling a WebSocket message failed; closing that connection")
+            if self.client is not None:
+                self.client.close(CLOSE_INTERNAL_ERROR, "internal error")
+
+    async def _on_message(self, raw: Any) -> None:
+        try:
+            msg = jsonutil.loads_strict(raw)
+        except jsonutil.InvalidJSON as exc:
+            self.error("Invalid JSON mapping", detail=str(exc))
+            if "depth limit" in str(exc) and self.client is not None:
+                # Nothing legitimate nests this deep: end the conversation with a close code.
+                self.client.close_after_queue(CLOSE_POLICY, "message nested too deeply")
             return
         if not isinstance(msg, dict):
             self.error("Invalid JSON mapping")
@@ -264,16 +290,26 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                             "message": f"events after seq {since} are no longer buffered; replay starts at {oldest}"})
             for ev in events:
                 self.reply(ev)
-        store = self.daemon.store
-        if run_id != ALL and run_id in store:
-            self.reply({"type": "run_state", "run_id": run_id,
-                        "data": self.daemon.monitor.annotate(store.summary(run_id))})
+        summary = self.daemon.monitor.summary(run_id) if run_id != ALL else None
+        if summary is not None:
+            self.reply({"type": "run_state", "run_id": run_id, "data": summary})
 
     def handle_unsubscribe(self, msg: Dict[str, Any]) -> None:
         self.client.subscriptions.discard(msg["run_id"])
         self.reply({"type": "unsubscribed", "run_id": msg["run_id"]})
 
 
+class WsTicketHandler(BaseHandler):
+    """POST /api/ws-ticket: a single-use ticket, valid for 30 s, to open /ws?ticket=... from a
+    browser, which cannot set headers on a WebSocket (the key stays out of URLs and logs)."""
+
+    def post(self) -> None:
+        ticket = self.daemon.tickets.issue(self.daemon.api_keys)
+        self.set_header("Cache-Control", "no-store")
+        self.write_json({"ticket": ticket, "expires_in": int(self.daemon.tickets.TTL)}, 201)
+
+
 default_handlers = [
     (r"/ws", WebSocketHandler),
+    (r"/api/ws-ticket", WsTicketHandler),
 ]

@@ -122,7 +122,12 @@ class RunCache:
         tmp = None
         try:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
-            bodies = [_ENCODER.encode(e) for e in entries]
+            bodies = []
+            for entry in entries:
+                try:
+                    bodies.append(_ENCODER.encode(entry))
+                except (ValueError, TypeError, OverflowError, msgspec.EncodeError):
+                    pass  # e.g. a folder name that is not UTF-8: that run is read again next time
             header = _ENCODER.encode({"format": [FORMAT, __version__], "root": self.root, "runs": len(bodies)})
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".cache", dir=self.dir)
             with os.fdopen(fd, "wb") as fh:

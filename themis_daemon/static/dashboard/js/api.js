@@ -76,12 +76,18 @@ export function runPath(runId) {
   return "api/runs/" + encodeURIComponent(runId);
 }
 
-/** The /ws URL; browsers cannot set headers on a WebSocket, so the key goes in `token`. */
-export function wsUrl() {
+/**
+ * The /ws URL. Browsers cannot set headers on a WebSocket, and a key in the URL would end up in
+ * logs, so with a key the page first asks for a short-lived single-use ticket (POST, key in a
+ * header) and opens /ws?ticket=... with it.
+ */
+export async function wsUrl() {
   const url = new URL("ws", apiRoot);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  const key = getKey();
-  if (key) url.searchParams.set("token", key);
+  if (getKey()) {
+    const { data } = await api("api/ws-ticket", { method: "POST" });
+    url.searchParams.set("ticket", data.ticket);
+  }
   return url.href;
 }
 

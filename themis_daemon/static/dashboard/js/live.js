@@ -44,14 +44,17 @@ export class LiveFeed {
     this.onState(state, detail);
   }
 
-  connect() {
+  async connect() {
     if (this.stopped) return;
     this.setState("connecting");
+    const attempt = (this.connecting = {});
     let ws;
     try {
-      ws = new WebSocket(wsUrl());
+      const url = await wsUrl();
+      if (this.connecting !== attempt || this.stopped) return; // restarted meanwhile
+      ws = new WebSocket(url);
     } catch (e) {
-      this.onClosed();
+      if (this.connecting === attempt) this.onClosed();
       return;
     }
     this.ws = ws;
