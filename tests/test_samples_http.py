@@ -153,7 +153,8 @@ async def test_v1_by_delta_sorts_by_size_of_difference(http_client, base_url):
 @pytest.mark.parametrize("params,status,needle", [
     ({"run_a": "nope", "run_b": "fake-direct", "metric": "ExactMatch", "kind": "a_only"}, 404, "Run not found: nope"),
     ({"run_a": "fake-direct", "run_b": "nope", "metric": "ExactMatch"}, 404, "Run not found: nope"),
-    ({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "Bogus"}, 400, "Metric 'Bogus' not found"),
+    ({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "Bogus"}, 404, "Metric 'Bogus' not found"),
+    ({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "\x03"}, 404, "not found"),
     ({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "ExactMatch", "kind": "sideways"}, 400, "Unknown kind"),
     ({"run_a": "fake-direct", "run_b": "fake-direct", "metric": "ExactMatch"}, 400, "same run"),
     ({"run_a": "fake-direct", "run_b": "fake-swapped", "metric": "ResponseLength", "kind": "a_only"}, 400,

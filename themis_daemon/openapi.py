@@ -280,7 +280,7 @@ def _paths() -> Dict[str, Any]:
                                     "application/x-ndjson": {"schema": {"type": "string"}}}},
                 "400": _problem("Unknown format."),
                 **_auth_errors(),
-                "404": {"$ref": "#/components/responses/NotFound"},
+                "404": _problem("An unknown run, or a metric one of the runs does not have."),
                 "503": _problem("The store cannot be read right now (retry)."),
             },
         }},
@@ -294,11 +294,11 @@ def _paths() -> Dict[str, Any]:
                            "`by_delta` (any metric) lists every pair by |A - B|, largest first. `counts` always "
                            "holds the whole table for a 0/1 metric.",
             "parameters": [
-                {"name": "run_a", "in": "query", "required": True, "schema": {"type": "string"},
+                {"name": "run_a", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
                  "description": "Run A (a Themis 4 run may be named by a unique prefix of >= 8 hex characters)."},
-                {"name": "run_b", "in": "query", "required": True, "schema": {"type": "string"},
+                {"name": "run_b", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
                  "description": "Run B; must differ from A."},
-                {"name": "metric", "in": "query", "required": True, "schema": {"type": "string"}},
+                {"name": "metric", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}},
                 {"name": "kind", "in": "query", "required": False,
                  "schema": {"type": "string", "enum": ["a_only", "b_only", "both", "neither", "by_delta"],
                             "default": "by_delta"}},
@@ -309,8 +309,8 @@ def _paths() -> Dict[str, Any]:
             ],
             "responses": {
                 "200": _json(_ref("CompareSamples"), "One page of paired samples."),
-                "400": _problem("A missing parameter, an unknown kind, the same run twice, a metric one of the "
-                                "runs does not have, or a cell kind for a metric that is not 0/1."),
+                "400": _problem("A missing parameter, an unknown kind, the same run twice, or a cell kind for a "
+                                "metric that is not 0/1."),
                 **_auth_errors(),
                 "404": {"$ref": "#/components/responses/NotFound"},
                 "503": _problem("The store cannot be read right now (retry)."),

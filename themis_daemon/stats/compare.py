@@ -20,7 +20,6 @@ from scipy import stats
 from .align import MetricSamples, align, collapse_metric, stable_mean
 from .correction import CORRECTION_LABELS, CORRECTIONS, reject
 from .paired_tests import (
-    Cancelled,
     TestResult,
     cancellable,
     check_cancelled,

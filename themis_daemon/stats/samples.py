@@ -43,7 +43,7 @@ def select(scores_a: Mapping[str, Mapping[Any, Sequence[float]]], scores_b: Mapp
         raise CompareError(400, f"Unknown kind {kind!r}; use one of {', '.join(KINDS)}", {"kinds": list(KINDS)})
     for rid, scores in ((run_a, scores_a), (run_b, scores_b)):
         if metric not in scores:
-            raise CompareError(400, f"Metric '{metric}' not found in run '{rid}'",
+            raise CompareError(404, f"Metric '{metric}' not found in run '{rid}'",
                                {"run_id": rid, "metric": metric, "metrics": sorted(scores)})
     xa, xb = collapse_metric(scores_a[metric]), collapse_metric(scores_b[metric])
     binary = xa.is_binary and xb.is_binary

@@ -92,7 +92,7 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
         limit = self.query_int("limit", None, 0, MAX_PAGE)
         offset = self.query_int("offset", 0, 0)
         await self.daemon.monitor.ensure_fresh()
-        store, monitor = self.daemon.store, self.daemon.monitor
+        monitor = self.daemon.monitor
         key = ("runs", monitor.generation, monitor.stall_generation, statuses, experiment, sort, limit, offset)
         hit = self.daemon.cache.get(key)
         if hit is None:

@@ -45,8 +45,9 @@ class CompareSamplesHandler(_RunLookup, BaseHandler):
 
         args = {}
         for name in ("run_a", "run_b", "metric"):
-            value = self.get_query_argument(name, "")
-            if not value:
+            # Absent is a bad request; present but blank names nothing that exists (404 below).
+            value = self.get_query_argument(name, None, strip=False)
+            if value is None or value == "":
                 raise ApiError(400, f"Query parameter '{name}' is required")
             args[name] = value
         kind = self.get_query_argument("kind", "by_delta") or "by_delta"
