@@ -32,7 +32,7 @@ SCAN_BATCHES_PER_WORKER = 8
 # ... or when the runs hold at least this much to decode (a few runs of 10,000 samples), which
 # in this process would hold the GIL away from the event loop for seconds.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
-SAVE_EVERY_S = 60.0  # the persistent cache is rewritten at most this often (and at close)
+SAVE_EVERY_S = 300.0  # the persistent cache is rewritten at most this often (and at close)
 
 
 def _scan_worker_init(max_line_bytes: int, roots: Dict[str, tuple]) -> None:
