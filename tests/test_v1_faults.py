@@ -289,3 +289,23 @@ class TestSymlinksIntoAllowedRoots(TestSymlinksOutside):
         assert s["error"] is None
         code, detail = await get(http_client, base_url + "/api/runs/fake-direct")
         assert code == 200 and "SECRET" in json.dumps(detail)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_fifo_in_place_of_a_file_is_an_error_not_a_hang(http_client, base_url, plain_store):
+    rec = run_path(plain_store, "fake-direct", "generation", "records.jsonl")
+    good = open(rec, "rb").read()
+    os.unlink(rec)
+    os.mkfifo(rec)  # nobody ever writes to it: a blocking open would wait forever
+    s = await until(lambda: _where(http_client, base_url, "fake-direct", lambda s: s["error"]))
+    assert "not a regular file" in s["error"]
+    code, detail = await get(http_client, base_url + "/api/runs/fake-direct")
+    assert code == 200
+    for other in ("fake-failed", "fake-live", "fake-terse"):
+        assert (await listed(http_client, base_url, other))["error"] is None
+    assert (await http_client.fetch(base_url + "/readyz", raise_error=False)).code == 200
+    os.unlink(rec)
+    with open(rec, "wb") as fh:
+        fh.write(good)
+    s = await until(lambda: _where(http_client, base_url, "fake-direct", lambda s: s["error"] is None))
+    assert s["generated"] == 20

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import zlib
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -60,12 +61,21 @@ def _within(path: str, roots: Tuple[str, ...]) -> bool:
     return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 def open_checked(path: str):
     """open(path, "rb"), refusing a file that resolves outside its store's allowed roots.
 
     The check is made on the opened descriptor (what was actually opened), so swapping in a
     symlink between a check and the open does not get around it."""
-    fh = open(path, "rb")
+    # Non-blocking, and only regular files: a FIFO or a device in place of a Themis file would
+    # otherwise block the reading thread for as long as nobody writes to it.
+    fh = open(path, "rb", opener=_open_nonblocking)
+    if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        fh.close()
+        raise OSError(errno.EINVAL, "not a regular file", path)
     if Limits.roots:
         for root, allowed in Limits.roots.items():
             if path.startswith(root.rstrip(os.sep) + os.sep):
