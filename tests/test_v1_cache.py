@@ -103,9 +103,9 @@ def test_an_appended_file_is_read_from_where_the_cache_left_off(both, cache_dir,
     reads = []
     real = jsonl_mod.decode_lines
 
-    def spy(data, base, gz, parse):
+    def spy(data, base, gz, parse, **kw):
         reads.append(base)
-        return real(data, base, gz, parse)
+        return real(data, base, gz, parse, **kw)
 
     monkeypatch.setattr(jsonl_mod, "decode_lines", spy)
     store = Store(both, cache_dir=cache_dir)

@@ -120,13 +120,12 @@ def _split_lines(data: bytes) -> List[bytes]:
     return [ln for ln in data.split(b"\n") if ln.strip()]
 
 
-def _gunzip_member(view: memoryview, pos: int, base: int) -> Optional[Tuple[bytes, int]]:
+def _gunzip_member(view: memoryview, pos: int, base: int, cap: int) -> Optional[Tuple[bytes, int]]:
     """Decompress the gzip member starting at `pos`: (text, member length), or None if cut short.
 
     Decompression stops past `max_line_bytes` of text (LineTooLong): a small member can expand
     to gigabytes."""
     d = _zlib.decompressobj(wbits=31)
-    cap = Limits.max_line_bytes
     cur = pos
     n = len(view)
     parts: List[bytes] = []
@@ -259,17 +258,22 @@ class JsonlTail:
             return False
 
 
-def decode_lines(data: bytes, base: int, gz: bool,
-                 parse: Callable[[bytes], Any]) -> Tuple[List[Tuple[int, int, int, Any]], int, int, int]:
+def decode_lines(data: bytes, base: int, gz: bool, parse: Callable[[bytes], Any],
+                 cap: Optional[int] = -1) -> Tuple[List[Tuple[int, int, int, Any]], int, int, int]:
     """Split and parse the complete units in `data` (read from file offset `base`).
 
-    Returns (kept, bytes consumed, invalid lines, lines seen); see JsonlTail.read_new.
+    Returns (kept, bytes consumed, invalid lines, lines seen); see JsonlTail.read_new. `cap`
+    bounds a line's decoded size (default storage.max_line_bytes; None: no bound, for the
+    dataset file, which Themis writes as one gzip member of every row).
     """
+    if cap == -1:
+        cap = Limits.max_line_bytes
+    if cap is None:
+        cap = 1 << 62
     kept: List[Tuple[int, int, int, Any]] = []
     bad = seen = 0
     if not gz:
         end = data.rfind(b"\n") + 1  # only newline-terminated lines are complete
-        cap = Limits.max_line_bytes
         if len(data) - end > cap:
             raise LineTooLong(f"a line longer than storage.max_line_bytes ({cap} bytes) at byte {base + end}")
         pos = base
@@ -292,7 +296,7 @@ def decode_lines(data: bytes, base: int, gz: bool,
     n = len(data)
     view = memoryview(data)
     while pos < n:
-        member = _gunzip_member(view, pos, base)
+        member = _gunzip_member(view, pos, base, cap)
         if member is None:
             break  # truncated last member: the writer is still appending it
         text, length = member
@@ -366,5 +370,5 @@ def count_data_lines(path: str, gz: bool) -> Tuple[int, bool, Tuple[bytes, bytes
                 pass
         return None
 
-    _, consumed, _, seen = decode_lines(data, 0, gz, header)
+    _, consumed, _, seen = decode_lines(data, 0, gz, header, cap=None)
     return seen - len(headers), consumed == len(data), (data[:EDGE_BYTES], data[-EDGE_BYTES:])
