@@ -194,8 +194,26 @@ class TestHugeLine:
         return gzip_store
 
     @pytest.fixture
-    def app_settings(self):
+    def app_settings(self, monkeypatch):
+        from themis_daemon.storage.themis1.jsonl import Limits
+
+        monkeypatch.setattr(Limits, "max_line_bytes", Limits.max_line_bytes)  # restored afterwards
         return {"poll_interval": 0.05, "storage": {"max_line_bytes": 1 << 20}}
+
+    @pytest.mark.gen_test(timeout=120)
+    async def test_a_big_dataset_is_no_long_line(self, http_client, base_url, gzip_store):
+        """Themis writes the whole dataset as one gzip member: the bound is per line."""
+        import gzip as gz
+
+        path = run_path(gzip_store, "gz-direct", "generation", "dataset.jsonl.gz")
+        rows = [ln for ln in gz.decompress(open(path, "rb").read()).split(b"\n") if ln.strip()]
+        pad = b"x" * 200
+        many = rows[:1] + [b'{"id": "r%06d", "answer": "1", "pad": "%s"}' % (i, pad) for i in range(20000)]
+        with open(path, "wb") as fh:
+            fh.write(gz.compress(b"".join(ln + b"\n" for ln in many)))
+        assert sum(len(ln) + 1 for ln in many) > 2 << 20
+        s = await until(lambda: _where(http_client, base_url, "gz-direct", lambda s: s["expected_samples"] == 20000))
+        assert s["error"] is None
 
     @pytest.mark.gen_test(timeout=120)
     async def test_the_run_is_errored_memory_stays_bounded_and_the_others_are_served(self, http_client, base_url,
