@@ -20,6 +20,18 @@ GZIP_EXPECTED = os.path.join(DATA, "themis-v1-gzip-expected")
 
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_storage_cache(tmp_path_factory):
+    """Daemons the tests start keep their persistent storage cache here, not in the user's."""
+    old = os.environ.get("CACHE_DIRECTORY")
+    os.environ["CACHE_DIRECTORY"] = str(tmp_path_factory.mktemp("storage-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CACHE_DIRECTORY", None)
+    else:
+        os.environ["CACHE_DIRECTORY"] = old
+
+
 def copy_store(src: str, dst: str) -> str:
     shutil.copytree(src, dst)
     for dirpath, _dirs, files in os.walk(dst):

@@ -49,6 +49,19 @@ class StorageSettings:
     url: Optional[str] = None
     password_file: Optional[str] = None
     sources: List[Any] = field(default_factory=list)
+    cache_dir: Optional[str] = None
+    max_line_bytes: int = 64 * 1024 * 1024
+    extra_roots: List[str] = field(default_factory=list)
+
+    def resolved_cache_dir(self) -> Optional[str]:
+        """The persistent cache directory in use, or None when the cache is off ("")."""
+        if self.cache_dir == "":
+            return None
+        if self.cache_dir:
+            return os.path.abspath(os.path.expanduser(self.cache_dir))
+        from .storage.themis1.cache import default_cache_dir
+
+        return default_cache_dir()
 
     def specs(self) -> List[Any]:
         """The configured stores: `sources` if given, else `path` and/or `url`, else the default."""
@@ -96,7 +109,7 @@ class CorsSettings:
 class LoggingSettings:
     level: str = "info"
     json: bool = False
-    access_log: bool = True
+    access_log: Any = True  # True, False or "all"
 
 
 @dataclass
@@ -242,6 +255,8 @@ def _coerce(raw: str, schema: Mapping[str, Any], name: str) -> Any:
             return True
         if low in ("0", "false", "no", "off"):
             return False
+        if "string" in types:
+            return raw
         raise ConfigError(f"{name}: invalid value {raw_shown}: expected true or false")
     if "integer" in types:
         try:

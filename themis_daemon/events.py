@@ -134,7 +134,10 @@ async def _poll(settings: Any, name: str) -> int:
     from .storage import open_sources
     from .web.ws import Hub
 
-    store = open_sources(settings.storage.specs(), password_file=settings.storage.password_file)
+    store = open_sources(settings.storage.specs(), password_file=settings.storage.password_file,
+                         cache_dir=settings.storage.resolved_cache_dir(),
+                         max_line_bytes=settings.storage.max_line_bytes,
+                         extra_roots=settings.storage.extra_roots)
     server = EventServer(settings.websocket.replay_buffer)
     hub = Hub(settings.websocket)
     if not store.positional:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from typing import Any, Union
 
 import orjson
@@ -84,3 +85,17 @@ def dumpb(obj: Any) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return _text(_clean(obj)).encode("utf-8")
+
+
+def dumpb_sliced(obj: dict, key: str, size: int = 256) -> bytes:
+    """dumpb(obj) with the list obj[key] encoded `size` items at a time.
+
+    The encoder holds the GIL for a whole call: one call for a detail of thousands of samples
+    kept every other thread, the event loop's included, waiting for tens of milliseconds."""
+    items = obj.get(key)
+    if not isinstance(items, list) or len(items) <= size:
+        return dumpb(obj)
+    token = "slot-" + secrets.token_hex(16)
+    head = dumpb({**obj, key: token})
+    parts = [dumpb(items[i:i + size])[1:-1] for i in range(0, len(items), size)]
+    return head.replace(b'"' + token.encode() + b'"', b"[" + b",".join(parts) + b"]", 1)

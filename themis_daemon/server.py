@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import importlib
 import logging
 import os
 import shutil
@@ -35,6 +36,7 @@ from .logs import setup_logging
 log = logging.getLogger("themis_daemon")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SWITCH_INTERVAL = 0.0005  # seconds
 BODY_LIMIT_BACKSTOP = 1 << 40  # the HTTP server's own limit; the real one is checked by the application
 
 
@@ -271,6 +273,10 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
                  on_serving: Optional[Any] = None, events: Optional[str] = None) -> int:
     from .web.app import create_app
 
+    # Work threads (details, comparisons, storage polls) hand the GIL over at this interval:
+    # the default 5 ms, times a few busy threads, made each request on the loop wait tens of
+    # milliseconds whenever they were busy.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     app = create_app(settings=settings, autoreload=reload)
     daemon = app.settings["daemon"]
     feed = None
@@ -346,6 +352,12 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
             systemd.notify("EXTEND_TIMEOUT_USEC=30000000")
     if first_scan.done() and first_scan.exception() is not None:
         log.error("%sfirst storage scan failed: %s", who, first_scan.exception())
+    # The statistics stack takes seconds to import: load it now, off the loop, rather than
+    # inside the first comparison (a daemon thread: a stop neither waits for it nor counts it
+    # as abandoned work).
+    from .web.compare import STATS
+
+    threading.Thread(target=importlib.import_module, args=(STATS,), name="themis-preload", daemon=True).start()
     watchdog_task = None
     if not stop.is_set():
         systemd.notify("READY=1", f"STATUS={status_line()}")

@@ -120,14 +120,18 @@ def default_name(spec: str) -> str:
 
 
 def open_source(spec: str, name: Optional[str] = None, *, password_file: Optional[str] = None,
-                clock: Callable[[], float] = time.time, validate: bool = True) -> Any:
-    """A source for one configured path or URL; raises NotAStore (one line) if it is none."""
+                clock: Callable[[], float] = time.time, validate: bool = True,
+                cache_dir: Optional[str] = None, max_line_bytes: Optional[int] = None,
+                extra_roots: Sequence[str] = ()) -> Any:
+    """A source for one configured path or URL; raises NotAStore (one line) if it is none.
+    `cache_dir`: where a Themis 1.x store keeps its per-run state across restarts."""
     kind = detect(spec)
     name = name or default_name(spec)
     if kind == "themis1":
         from .themis1 import Store
 
-        store = Store(spec, clock=clock)
+        store = Store(spec, clock=clock, cache_dir=cache_dir, max_line_bytes=max_line_bytes,
+                      extra_roots=extra_roots)
         store.name = name
         return store
     from .themis4.source import Themis4Source
@@ -345,6 +349,7 @@ class Sources:
         return {
             "unknown_events": sum(getattr(s, "unknown_events", 0) for s in self.sources),
             "orphan_events": sum(getattr(s, "orphan_events", 0) for s in self.sources),
+            "invalid_lines": sum(getattr(s, "invalid_lines", 0) for s in self.sources),
         }
 
     def close(self) -> None:
@@ -386,7 +391,8 @@ def sane_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def open_sources(specs: Sequence[Union[str, Dict[str, Any]]], *, password_file: Optional[str] = None,
-                 clock: Callable[[], float] = time.time) -> Sources:
+                 clock: Callable[[], float] = time.time, cache_dir: Optional[str] = None,
+                 max_line_bytes: Optional[int] = None, extra_roots: Sequence[str] = ()) -> Sources:
     """Open every configured source; the first that is not a store raises NotAStore."""
     out = []
     names: Dict[str, int] = {}
@@ -397,7 +403,8 @@ def open_sources(specs: Sequence[Union[str, Dict[str, Any]]], *, password_file: 
             pw = spec.get("password_file") or password_file
         else:
             location, name, pw = spec, None, password_file
-        source = open_source(str(location), name, password_file=pw, clock=clock)
+        source = open_source(str(location), name, password_file=pw, clock=clock, cache_dir=cache_dir,
+                             max_line_bytes=max_line_bytes, extra_roots=extra_roots)
         count = names.get(source.name, 0)
         names[source.name] = count + 1
         if count:

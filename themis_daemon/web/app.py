@@ -94,7 +94,10 @@ class Daemon:
                  clock: Optional[Callable[[], float]] = None):
         self.settings = settings
         if store is None:
-            store = open_sources(settings.storage.specs(), password_file=settings.storage.password_file)
+            store = open_sources(settings.storage.specs(), password_file=settings.storage.password_file,
+                                 cache_dir=settings.storage.resolved_cache_dir(),
+                                 max_line_bytes=settings.storage.max_line_bytes,
+                                 extra_roots=settings.storage.extra_roots)
         elif not isinstance(store, Sources):
             store = Sources([store])  # a single injected source (tests, embedders)
         self.store: Sources = store

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import sys
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -13,6 +15,17 @@ from .base import ApiError, BaseHandler
 
 ORIGINAL_TESTS = ("t_test", "bootstrap", "permutation", "none")
 log = logging.getLogger("themis_daemon.compare")
+
+STATS = "themis_daemon.stats"
+
+
+async def load_stats(executor: Any) -> Any:
+    """The statistics package (NumPy, SciPy): importing it takes seconds, so never on the loop
+    (in the work pool, where a stop sees it as the running work it is)."""
+    module = sys.modules.get(STATS)
+    if module is None or getattr(module, "compare_runs", None) is None:  # absent, or still importing
+        module = await asyncio.get_running_loop().run_in_executor(executor, importlib.import_module, STATS)
+    return module
 
 
 class CompareHandler(BaseHandler):
@@ -33,9 +46,9 @@ class CompareHandler(BaseHandler):
                                     "lower_is_better": list(conf.lower_is_better)}))
 
     async def post(self) -> None:
-        from ..stats import Cancelled, CompareError, TESTS, compare_runs
-
         self._gone = gone = threading.Event()
+        stats = await load_stats(self.daemon.executor)
+        Cancelled, CompareError, TESTS, compare_runs = stats.Cancelled, stats.CompareError, stats.TESTS, stats.compare_runs
 
         body = self.json_body()
         if not isinstance(body, dict):

@@ -16,6 +16,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .base import STANDARD_METHODS, BaseHandler, request_id
 
 access_log = logging.getLogger("tornado.access")
+# Successful answers of these read handlers are logged at DEBUG unless logging.access_log is "all".
+QUIET_HANDLERS = frozenset({"RunsHandler", "RunHandler", "HealthHandler", "LivenessHandler", "ReadinessHandler",
+                            "BenchmarksHandler", "MetricsHandler", "StaticHandler"})
 
 
 class DaemonCollector:
@@ -28,15 +31,20 @@ class DaemonCollector:
         d = self.daemon
         runs = GaugeMetricFamily("themis_runs", "Runs in the storage by status", labels=["status"])
         counts: dict = {}
-        errors = 0
+        errors = warned = 0
         for s in d.monitor.plain_summaries():  # the last poll's: a scrape never waits on the storage
             counts[s["status"]] = counts.get(s["status"], 0) + 1
             errors += 1 if s.get("error") else 0
+            warned += 1 if s.get("warnings") else 0
         base = ("pending", "in_progress", "completed", "failed", "cancelled")
         for status in (*base, *sorted(set(counts) - set(base))):
             runs.add_metric([status], counts.get(status, 0))
         yield runs
         yield GaugeMetricFamily("themis_runs_with_read_errors", "Runs whose files could not be read", value=errors)
+        yield GaugeMetricFamily("themis_runs_with_warnings", "Runs served with something skipped (see their warnings)",
+                                value=warned)
+        yield GaugeMetricFamily("themis_storage_invalid_lines", "Invalid JSON lines skipped in Themis 1.x files",
+                                value=d.store.counters().get("invalid_lines", 0))
         hub = d.hub
         yield GaugeMetricFamily("themis_ws_connections", "Open WebSocket connections", value=len(hub.clients))
         yield GaugeMetricFamily("themis_ws_subscriptions", "WebSocket subscriptions", value=hub.subscriptions())
@@ -71,6 +79,7 @@ class DaemonCollector:
 
 class Metrics:
     def __init__(self, daemon: Any):
+        self.daemon = daemon
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("themis_http_requests", "HTTP requests", ["handler", "method", "status"],
                                 registry=self.registry)
@@ -91,7 +100,15 @@ class Metrics:
         self.requests.labels(name, method, str(status)).inc()  # bounded label values
         self.latency.labels(name).observe(duration)
         if status < 400:
-            log = access_log.info
+            if (status < 300 or status == 304) and name in QUIET_HANDLERS and \
+                    self.daemon.settings.logging.access_log != "all":
+                # Polled all day by dashboards and probes: at INFO they would be most of the
+                # log and a measurable share of each request.
+                if not access_log.isEnabledFor(logging.DEBUG):
+                    return
+                log = access_log.debug
+            else:
+                log = access_log.info
         elif status < 500:
             log = access_log.warning
         else:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+
+import msgspec
 import logging
 import os
 import re
@@ -18,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..base import FINAL_STATUSES, finite_mean, stable_mean
-from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, is_header, read_units
+from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, open_checked, read_units
+from .lines import parse_evaluation, parse_record, parse_task
+from .tables import pack, unpack
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -27,6 +31,20 @@ STATUSES = ("in_progress", "completed", "failed", "cancelled")  # what Themis 1.
 # A metadata.json that never parsed is only reported as broken once it is this old: before
 # that it is most likely being written right now.
 METADATA_GRACE_S = 5.0
+
+
+MANIFEST_SUFFIX = re.compile(r"::[0-9a-f]{64}$")
+
+
+def sample_key(key: str) -> str:
+    """A generation key without its manifest hash (§5 of the storage spec): Themis generates a
+    sample again when the manifest changes (say, a re-evaluation with other metrics), and the
+    later generation stands for the same sample."""
+    if key[-66:-64] == "::":
+        m = MANIFEST_SUFFIX.search(key)
+        if m:
+            return key[: m.start()]
+    return key
 
 
 def generation_key(eval_key: str) -> str:
@@ -129,7 +147,8 @@ class RunState:
         self.meta: Optional[Dict[str, Any]] = None
         self._meta_sig: Optional[Tuple[int, int]] = None
         self.meta_error: Optional[str] = None
-        self._meta_bad_since: Optional[float] = None
+        self.meta_warning: Optional[str] = None
+        self.warnings: List[str] = []  # what was skipped (invalid lines, a stale metadata.json)
         self.error: Optional[str] = None  # storage read error, reported to users
         self._logged_errors: set = set()
         self._dataset_sig: Optional[Tuple[int, int, int]] = None
@@ -141,12 +160,17 @@ class RunState:
         self.tasks: Dict[bytes, tuple] = {}
         self._tasks_wanted = False
         self.evals: Dict[str, Dict[bytes, tuple]] = {}
+        # The three tables packed (tables.py); while set and the tables are not in use they
+        # are dropped, and `_thaw` brings them back before anything reads or changes them.
+        self._packed: Optional[bytes] = None
+        self._thawed = True
         self.last_change = time.time()  # wall clock of the newest file change seen
         self._summary: Optional[Tuple[int, Dict[str, Any]]] = None
         self._view: Optional[View] = None
         self._positions: Optional[Tuple[View, Dict[Tuple[str, Any], int]]] = None
         self._meta_path = os.path.join(run_dir, "metadata.json")
         self._dataset_path: Optional[str] = None
+        self._dataset_edges: Tuple[bytes, bytes] = (b"", b"")  # first and last bytes counted
         self._resolved: Dict[str, Tuple[str, bool]] = {}  # path base -> (path, gz), cached
         self._evals_dir_sig: Optional[int] = None
         self._eval_ids: List[str] = []
@@ -199,10 +223,36 @@ class RunState:
                 self.error = error
                 changed = True
                 self.log_pending()
+            warnings = self._warnings()
+            if warnings != self.warnings:
+                for warning in warnings:
+                    if warning not in self.warnings and not _IN_WORKER:
+                        log.warning("run %r: %s", self.run_id, warning)
+                self.warnings = warnings
+                changed = True
             if changed:
                 self.version += 1
                 self.last_change = self._newest_mtime() or time.time()
             return changed
+
+    def _warnings(self) -> List[str]:
+        out = [self.meta_warning] if self.meta_warning else []
+        for tail in (self._records, *self._evals.values(), self._tasks):
+            if tail is not None and tail.bad_lines:
+                n = tail.bad_lines
+                out.append(f"{os.path.relpath(tail.path, self.dir)}: {n} invalid line{'s' if n > 1 else ''} skipped")
+        return out
+
+    @property
+    def invalid_lines(self) -> int:
+        return sum(t.bad_lines for t in (self._records, self._tasks, *self._evals.values()) if t is not None)
+
+    def continue_after(self, version: int) -> None:
+        """Number this state's versions above `version` (an earlier state of the same run), so
+        that nothing cached under an old version is taken for the new state."""
+        with self.lock:
+            if self.version <= version:
+                self.version = version + 1
 
     def log_pending(self) -> None:
         """Log the current read error once (a worker process's log would be lost)."""
@@ -211,11 +261,97 @@ class RunState:
             log.warning("run %r: %s", self.run_id, self.error)
 
     def __getstate__(self) -> Dict[str, Any]:
-        state = dict(self.__dict__)
+        with self.lock:
+            self.freeze()  # a scan worker sends one bytes object instead of every tuple
+            state = dict(self.__dict__)
         del state["lock"]
         state["_view"] = None
         state["_positions"] = None
         return state
+
+    # ------------------------------------------------------------------ persistent cache
+
+    def to_cache(self) -> Optional[Dict[str, Any]]:
+        """What the persistent cache keeps of this run (None: nothing worth keeping yet)."""
+        with self.lock:
+            if self.meta is None:
+                return None
+            self.summary()
+            if self._packed is None:
+                try:
+                    self._packed = pack(self.gen, self.tasks, self.evals)
+                except (OverflowError, TypeError, msgspec.EncodeError):
+                    return None
+            return {
+                "run_id": self.run_id, "dir": self.dir, "experiment_id": self.experiment_id,
+                "version": self.version, "meta": self.meta, "expected": self.expected,
+                "dataset": None if self._dataset_sig is None or self._dataset_path is None else
+                [self._dataset_path, *self._dataset_sig, *self._dataset_edges],
+                "records": _tail_state(self._records), "tasks": _tail_state(self._tasks),
+                "evals": {k: _tail_state(t) for k, t in self._evals.items()},
+                "tasks_wanted": self._tasks_wanted, "tables": self._packed,
+                "eval_dirs": [self._evals_dir_sig, self._eval_ids],
+                "summary": self._summary[1], "last_change": self.last_change,
+            }
+
+    @classmethod
+    def from_cache(cls, entry: Dict[str, Any], run_dir: str, run_id: str, experiment_id: str) -> Optional["RunState"]:
+        """A run restored from its cache entry, or None if any file it was built from no longer
+        matches (then the run is read from scratch). Appended bytes are read by the next refresh."""
+        if entry.get("dir") != run_dir or entry.get("experiment_id") != experiment_id:
+            return None
+        state = cls(run_dir, run_id, experiment_id)
+        tails = [_restore_tail(entry["records"]), _restore_tail(entry["tasks"])]
+        evals = {k: _restore_tail(v) for k, v in entry["evals"].items() if v is not None}
+        for tail in tails + list(evals.values()):
+            if tail is not None and not tail.matches_file():
+                return None
+        state._records, state._tasks = tails
+        state._evals_dir_sig, state._eval_ids = entry["eval_dirs"][0], list(entry["eval_dirs"][1])
+        state._evals = evals
+        state._tasks_wanted = bool(entry["tasks_wanted"])
+        state._packed, state._thawed = entry["tables"], False
+        state.gen, state.tasks, state.evals = {}, {}, {}
+        state.version = int(entry["version"])
+        state.meta = entry["meta"]  # metadata.json itself is read again by the first refresh
+        state.expected = entry["expected"]
+        dataset = entry["dataset"]
+        if dataset is not None and _edges_match(dataset[0], dataset[1:4], dataset[4], dataset[5]):
+            state._dataset_path = dataset[0]
+            state._dataset_sig = tuple(dataset[1:4])
+            state._dataset_edges = (dataset[4], dataset[5])
+        state._summary = (state.version, entry["summary"])
+        state.last_change = float(entry["last_change"])
+        return state
+
+    # ------------------------------------------------------------------ packed tables
+
+    def freeze(self) -> None:
+        """Keep the tables packed only (a run nobody is looking at)."""
+        with self.lock:
+            if not self._thawed:
+                return
+            if self._packed is None:
+                try:
+                    self._packed = pack(self.gen, self.tasks, self.evals)
+                except (OverflowError, TypeError, msgspec.EncodeError):
+                    return  # e.g. an integer id beyond 64 bits: stays unpacked
+            self.gen, self.tasks, self.evals = {}, {}, {}
+            self._thawed = False
+            self._view = None
+            self._positions = None
+
+    def _thaw(self, changing: bool = False) -> None:
+        """Unpack the tables before use; `changing` also drops the packed copy."""
+        if not self._thawed:
+            self.gen, self.tasks, self.evals = unpack(self._packed, _shared_names)
+            self._thawed = True
+        if changing:
+            self._packed = None
+
+    @property
+    def frozen(self) -> bool:
+        return not self._thawed
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -241,7 +377,7 @@ class RunState:
         sig = (st.st_size, st.st_mtime_ns)
         if sig == self._meta_sig:
             return False
-        with open(path, "rb") as fh:
+        with open_checked(path) as fh:
             raw = fh.read()
         try:
             meta = json.loads(raw)
@@ -249,15 +385,16 @@ class RunState:
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             # Rewritten in place (truncate + write): keep the last good value and retry later.
-            now = time.time()
-            if self._meta_bad_since is None:
-                self._meta_bad_since = now
-            if self.meta is None and now - max(self._meta_bad_since, st.st_mtime) >= METADATA_GRACE_S:
-                self.meta_error = f"metadata.json unreadable: {exc}"
+            # A file nobody has written to for a while is broken, and that is reported: as the
+            # run's error when there is no good value, else as a warning next to the last one.
+            if time.time() - st.st_mtime >= METADATA_GRACE_S:
+                if self.meta is None:
+                    self.meta_error = f"metadata.json unreadable: {exc}"
+                else:
+                    self.meta_warning = f"metadata.json unreadable ({exc}); showing its last readable content"
             return False
         self._meta_sig = sig
-        self._meta_bad_since = None
-        self.meta_error = None
+        self.meta_error = self.meta_warning = None
         if meta != self.meta:
             self.meta = meta
             return True
@@ -278,10 +415,11 @@ class RunState:
         sig = (st.st_ino, st.st_size, st.st_mtime_ns)
         if sig == self._dataset_sig:
             return False
-        rows, complete = count_data_lines(path, gz)
+        rows, complete, edges = count_data_lines(path, gz)
         if not complete and self.expected is not None:
             return False  # being rewritten on resume: keep the previous count
         self._dataset_sig = sig
+        self._dataset_edges = edges
         if rows != self.expected:
             self.expected = rows
             return True
@@ -303,48 +441,46 @@ class RunState:
             return current if current is not None and os.path.exists(current.path) else None
         return JsonlTail(path, gz)
 
-    def _follow(self, current: Optional[JsonlTail], base: str):
-        """Read what one followed JSONL file gained: (tail, new data lines, start_over, changed).
+    def _follow(self, current: Optional[JsonlTail], base: str, parse):
+        """Read what one followed JSONL file gained: (tail, new kept lines, start_over, changed).
 
-        `start_over` means the file was replaced, rewritten or resolved to its other name, so
-        the caller's table for it must be emptied before the new lines go in.
+        `parse` keeps what the state needs of a line (None: nothing to keep). `start_over`
+        means the file was replaced, rewritten or resolved to its other name, so the caller's
+        table for it must be emptied before the new lines go in.
         """
         tail = self._tail(current, base)
         if tail is None:
             return None, [], current is not None, False
-        reset, objs = tail.read_new()
+        reset, lines, seen = tail.read_new(parse=parse)
         start_over = tail is not current or reset
-        lines = [(unit, obj) for unit, obj in objs if isinstance(obj, dict) and not is_header(obj)]
-        return tail, lines, start_over, bool(objs) or reset
+        return tail, lines, start_over, bool(seen) or reset
 
     def _refresh_records(self) -> bool:
         self._records, lines, start_over, changed = self._follow(
-            self._records, os.path.join(self.dir, "generation", "records.jsonl"))
+            self._records, os.path.join(self.dir, "generation", "records.jsonl"), parse_record)
+        if not lines and not start_over:
+            return changed
+        self._thaw(changing=True)
         if start_over:
             self.gen = {}
         gen = self.gen
-        for unit, obj in lines:
-            key = obj.get("cache_key") or obj.get("task_key")
-            if not isinstance(key, str):
-                continue
-            ok = obj.get("output") is not None and not obj.get("error")
-            gen[digest(key)] = (unit.offset, unit.length, unit.index, ok)
+        for offset, length, index, (key, ok) in lines:
+            gen[digest(sample_key(key))] = (offset, length, index, ok)
         return changed
 
     def _refresh_tasks(self) -> bool:
         if not self._tasks_wanted:
             return False
         self._tasks, lines, start_over, changed = self._follow(
-            self._tasks, os.path.join(self.dir, "generation", "tasks.jsonl"))
+            self._tasks, os.path.join(self.dir, "generation", "tasks.jsonl"), parse_task)
+        if not lines and not start_over:
+            return changed
+        self._thaw(changing=True)
         if start_over:
             self.tasks = {}
-        for unit, obj in lines:
-            key = obj.get("task_key")
-            if not isinstance(key, str):
-                continue
-            task = obj.get("task") if isinstance(obj.get("task"), dict) else {}
-            md = task.get("metadata") if isinstance(task.get("metadata"), dict) else {}
-            self.tasks[digest(key)] = (unit.offset, unit.length, unit.index, md.get("dataset_id"))
+        tasks = self.tasks
+        for offset, length, index, (key, dataset_id) in lines:
+            tasks[digest(sample_key(key))] = (offset, length, index, dataset_id)
         return changed
 
     def _refresh_evaluations(self) -> bool:
@@ -365,32 +501,20 @@ class RunState:
         changed = False
         for eval_id in eval_ids:
             tail, lines, start_over, grew = self._follow(
-                self._evals.get(eval_id), os.path.join(base, eval_id, "evaluation.jsonl"))
+                self._evals.get(eval_id), os.path.join(base, eval_id, "evaluation.jsonl"), parse_evaluation)
             if tail is None:
                 continue
             self._evals[eval_id] = tail
+            if not lines and not start_over:
+                changed |= grew
+                continue
+            self._thaw(changing=True)
             if start_over:
                 self.evals[eval_id] = {}
             table = self.evals.setdefault(eval_id, {})
-            for unit, obj in lines:
-                key = obj.get("cache_key")
-                ev = obj.get("evaluation")
-                if not isinstance(key, str) or not isinstance(ev, dict):
-                    continue
-                names: List[str] = []
-                values: List[float] = []
-                for sc in ev.get("scores") or ():
-                    if not isinstance(sc, dict):
-                        continue
-                    name, value = sc.get("metric_name"), sc.get("value")
-                    if isinstance(name, str) and isinstance(value, (int, float)):
-                        if name in names:  # a repeated metric in one line: the last value wins
-                            values[names.index(name)] = float(value)
-                        else:
-                            names.append(name)
-                            values.append(float(value))
-                sid = ev.get("sample_id")
-                gen_key = generation_key(key)
+            for offset, length, index, (key, sid, names, values) in lines:
+                m = EVAL_SUFFIX.search(key)
+                gen_key = key[: m.start()] if m else key
                 fallback = None
                 if sid is None or sid == "" or sid is False:
                     self._tasks_wanted = True  # the id has to come from the linked task
@@ -398,8 +522,8 @@ class RunState:
                 k = digest(key)
                 if k in table:
                     del table[k]  # a re-written line moves to where it was last seen
-                table[k] = (digest(gen_key), sid, _shared_names(tuple(names)), tuple(values), fallback,
-                            pack_unit(unit))
+                table[k] = (digest(sample_key(gen_key)), sid, _shared_names(names), values, fallback,
+                            pack_unit(Unit(offset, length, index)))
             changed |= grew
         return changed
 
@@ -417,6 +541,7 @@ class RunState:
         """The run summary, rebuilt only when the run changed."""
         with self.lock:
             if self._summary is None or self._summary[0] != self.version:
+                self._thaw()
                 self._summary = (self.version, self._build_summary())
             return self._summary[1]
 
@@ -424,14 +549,16 @@ class RunState:
         """Per-sample data for details and comparisons, built on demand."""
         with self.lock:
             if self._view is None or self._view.version != self.version:
+                self._thaw()
                 self._view = self._build_view()
             return self._view
 
     def drop_view(self) -> None:
-        """Free the per-sample view; the store keeps only a few of them alive."""
+        """Free the per-sample view and pack the tables; the store keeps only a few alive."""
         with self.lock:
             self._view = None
             self._positions = None
+            self.freeze()
 
     def _sample_id(self, rec: tuple) -> Any:
         if rec[1] is not None:
@@ -460,15 +587,42 @@ class RunState:
         return samples
 
     def _build_summary(self) -> Dict[str, Any]:
+        """Per metric, the mean over samples of each sample's finite mean (as `_grouped` would
+        give, without building samples: a sample almost always has a single line, whose
+        finite values are its means, so the general case is taken only for the others)."""
+        groups: Dict[Tuple[type, Any], Any] = {}
+        for table in self.evals.values():
+            for rec in table.values():
+                sid = rec[1] if rec[1] is not None else self._sample_id(rec)
+                skey = (type(sid), sid)  # 1 and "1" are different samples
+                got = groups.get(skey)
+                if got is None:
+                    groups[skey] = rec
+                elif type(got) is list:
+                    got.append(rec)
+                else:
+                    groups[skey] = [got, rec]
         sums: Dict[str, List[float]] = {}
-        samples = self._grouped()
-        for smp in samples.values():
-            for name, values in smp.scores.items():
+        for got in groups.values():
+            if type(got) is tuple:
+                for name, value in zip(got[2], got[3]):
+                    if value - value == 0.0:  # finite
+                        acc = sums.get(name)
+                        if acc is None:
+                            sums[name] = [value]
+                        else:
+                            acc.append(value)
+                continue
+            per: Dict[str, List[float]] = {}
+            for rec in got:
+                for name, value in zip(rec[2], rec[3]):
+                    per.setdefault(name, []).append(value)
+            for name, values in per.items():
                 mean = _finite_mean(values)
                 if mean is not None:
                     sums.setdefault(name, []).append(mean)
         metrics = {name: stable_mean(v) for name, v in sums.items()}
-        return self._summary_dict(len(samples), metrics)
+        return self._summary_dict(len(groups), metrics)
 
     def _build_view(self) -> View:
         samples = list(self._grouped().values())
@@ -519,6 +673,7 @@ class RunState:
             "failed": failed,
             "progress": progress,
             "error": self.error,
+            "warnings": list(self.warnings),
         }
 
     # ------------------------------------------------------------------ sample text
@@ -553,6 +708,7 @@ class RunState:
         chosen = [view.samples[p] if p < n_eval else view.pending[p - n_eval] for p in positions]
         per_sample = [view.per_sample[p] if p < n_eval else {} for p in positions]
         with self.lock:
+            self._thaw()
             records_tail, tasks_tail = self._records, self._tasks
             rec_units = [Unit(*self.gen[s.gen][:3]) if s.gen in self.gen else None for s in chosen]
             task_units = [Unit(*self.tasks[s.gen][:3]) if s.gen in self.tasks else None for s in chosen]
@@ -616,6 +772,34 @@ class RunState:
                             and isinstance(sc.get("details"), dict) and sc["details"]:
                         out[i][sc["metric_name"]] = sc["details"]
         return out
+
+
+def _tail_state(tail: Optional[JsonlTail]) -> Optional[list]:
+    if tail is None or tail.sig is None:
+        return None
+    return [tail.path, tail.gz, tail.offset, *tail.sig, tail.bad_lines, tail.head, tail.last]
+
+
+def _restore_tail(state: Optional[list]) -> Optional[JsonlTail]:
+    if state is None:
+        return None
+    path, gz, offset, ino, size, mtime, bad, head, last = state
+    tail = JsonlTail(path, bool(gz))
+    tail.offset, tail.sig, tail.bad_lines, tail.head, tail.last = int(offset), (ino, size, mtime), bad, head, last
+    return tail
+
+
+def _edges_match(path: str, sig: list, head: bytes, last: bytes) -> bool:
+    """The dataset file is the one counted: same inode, size, mtime, first and last bytes."""
+    try:
+        with open_checked(path) as fh:
+            st = os.fstat(fh.fileno())
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != tuple(sig) or fh.read(len(head)) != head:
+                return False
+            fh.seek(st.st_size - len(last))
+            return fh.read(len(last)) == last
+    except OSError:
+        return False
 
 
 def _load(tail: Optional[JsonlTail], units: List[Optional[Unit]]) -> List[Any]:

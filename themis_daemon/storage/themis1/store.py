@@ -6,6 +6,7 @@ SQLite index is never needed and never opened. Nothing here writes to the root.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -13,9 +14,13 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..base import RefreshResult, RunNotFound
+import msgspec
+
+from ..base import RefreshResult, RunNotFound, bulk_allocation
+from .cache import RunCache
+from .jsonl import Limits
 from .run import RunState, View, mark_scan_worker
 
 log = logging.getLogger("themis_daemon.storage")
@@ -23,6 +28,19 @@ log = logging.getLogger("themis_daemon.storage")
 
 FULL_PASS_EVERY = 10  # a quiet finished run is fully re-checked every n-th refresh
 PARALLEL_MIN_RUNS = 16  # below this, starting worker processes costs more than it saves
+SCAN_BATCHES_PER_WORKER = 8
+# ... or when the runs hold at least this much to decode (a few runs of 10,000 samples), which
+# in this process would hold the GIL away from the event loop for seconds.
+PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+SAVE_EVERY_S = 300.0  # the persistent cache is rewritten at most this often (and at close)
+
+
+def _scan_worker_init(max_line_bytes: int, roots: Dict[str, tuple]) -> None:
+    """A scan worker lives for one scan and builds only acyclic state: no garbage collection."""
+    gc.disable()
+    mark_scan_worker()
+    Limits.max_line_bytes = max_line_bytes
+    Limits.roots = roots
 
 
 def _scan_runs(items: List[tuple]) -> Dict[str, RunState]:
@@ -36,6 +54,25 @@ def _scan_runs(items: List[tuple]) -> Dict[str, RunState]:
     return out
 
 
+def _bytes_to_read(new: List[tuple]) -> int:
+    """Size of the record and evaluation files of some run folders (what a scan decodes)."""
+    total = 0
+    for _run_id, path, _exp_id in new:
+        files = [os.path.join(path, "generation", "records.jsonl")]
+        try:
+            files += [e.path + "/evaluation.jsonl" for e in os.scandir(os.path.join(path, "evaluations"))]
+        except OSError:
+            pass
+        for base in files:
+            for name in (base + ".gz", base):
+                try:
+                    total += os.stat(name).st_size
+                    break
+                except OSError:
+                    continue
+    return total
+
+
 class Store:
     """Thread-safe cached reader of one Themis storage root.
 
@@ -44,8 +81,14 @@ class Store:
     """
 
     def __init__(self, root: str, *, clock: Callable[[], float] = time.time, max_views: int = 16,
-                 scan_workers: Optional[int] = None):
+                 scan_workers: Optional[int] = None, cache_dir: Optional[str] = None,
+                 max_line_bytes: Optional[int] = None, extra_roots: Sequence[str] = ()):
         self.root = os.path.abspath(root)
+        if max_line_bytes:
+            Limits.max_line_bytes = max_line_bytes  # process-wide, like the setting
+        # Symlinks in the store may lead only into the store itself or these directories.
+        self.allowed = (os.path.realpath(self.root), *(os.path.realpath(r) for r in extra_roots))
+        Limits.roots[self.root] = self.allowed
         self.name = os.path.basename(os.path.normpath(self.root)) or self.root  # shown as `source`
         self.scan_workers = scan_workers if scan_workers is not None else (os.cpu_count() or 1)
         self.max_views = max_views
@@ -60,6 +103,14 @@ class Store:
         self.last_refresh: Optional[float] = None
         self.root_error: Optional[str] = None
         self._logged: set = set()
+        # Per-run state kept across restarts (cache.py); None: no persistent cache.
+        self.cache = RunCache(cache_dir, self.root) if cache_dir else None
+        self._cached: Optional[Dict[str, Dict[str, Any]]] = None  # entries not yet used
+        self._saved_generation: Optional[int] = None
+        self._saved_at = 0.0
+        self.restored = 0  # runs taken from the persistent cache at start-up
+        self._retired: Dict[str, int] = {}  # last version of each run that went away
+        self._restored_changed = False
 
     # ------------------------------------------------------------------ discovery
 
@@ -69,7 +120,7 @@ class Store:
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"storage root not found: {self.root}")
         try:
-            experiments = [e for e in os.scandir(exp_root) if e.is_dir()]
+            experiments = [e for e in os.scandir(exp_root) if e.is_dir() and (not e.is_symlink() or self._inside(e.path))]
         except FileNotFoundError:
             return found  # an empty root: Themis creates experiments/ on first use
         for exp in sorted(experiments, key=lambda e: e.name):
@@ -79,6 +130,8 @@ class Store:
                 continue
             for entry in entries:
                 if entry.name.startswith(".") or not entry.is_dir():
+                    continue
+                if entry.is_symlink() and not self._inside(entry.path):
                     continue
                 known = self._runs.get(entry.name)
                 if (known is None or known.dir != entry.path) and \
@@ -109,10 +162,12 @@ class Store:
             runs = dict(self._runs)
             for run_id in list(runs):
                 if run_id not in found or found[run_id][0] != runs[run_id].dir:
-                    del runs[run_id]
+                    self._retired[run_id] = runs.pop(run_id).version
                     res.removed.append(run_id)
             new = [(run_id, path, exp_id) for run_id, (path, exp_id) in found.items() if run_id not in runs]
-            fresh = self._scan_new(new)
+            fresh = self._restore(new)
+            scanned = [item for item in new if item[0] not in fresh]
+            fresh.update(self._scan_new(scanned))
             self._passes += 1
             # Each pass re-reads a different tenth of the quiet runs in full, so every tick
             # costs about the same and each run is fully checked every FULL_PASS_EVERY passes.
@@ -124,6 +179,8 @@ class Store:
                     state = fresh[run_id]
                     if state.gone or (state.meta is None and state.error is None):
                         continue  # metadata.json is being written or just went; look again next time
+                    if run_id in self._retired:  # back again: carry on above its old versions,
+                        state.continue_after(self._retired.pop(run_id))  # which caches still hold
                     runs[run_id] = state
                     res.added.append(run_id)
                     state.summary()  # build the summary here, off the caller's event loop
@@ -131,25 +188,97 @@ class Store:
                     res.changed.append(run_id)
                     state.summary()
                 if state.gone:
-                    del runs[run_id]
+                    self._retired[run_id] = runs.pop(run_id).version
                     res.removed.append(run_id)
                     res.changed = [r for r in res.changed if r != run_id]
+            with self._views_lock:
+                in_use = set(self._views)
+            for run_id in res.added + res.changed:
+                if run_id not in in_use and run_id in runs:
+                    runs[run_id].freeze()  # nobody looks at it: keep its tables packed
             if res.added or res.removed or res.changed:
                 self.generation += 1
+            if self._saved_generation is None and self.cache is not None and not scanned \
+                    and not res.changed and not res.removed and not self._restored_changed:
+                self._saved_generation = self.generation  # the cache is as it was read
+                self._saved_at = time.monotonic()
             self._runs = runs
             self.scanned = True
             self.last_refresh = self.clock()
+            self._maybe_save()
         res.duration = time.perf_counter() - start
         return res
+
+    def _restore(self, new: List[tuple]) -> Dict[str, RunState]:
+        """Runs taken from the persistent cache (first refresh only), brought up to date."""
+        if self.cache is None or not new:
+            return {}
+        if self._cached is None:
+            self._cached = self.cache.load()
+        out: Dict[str, RunState] = {}
+        with bulk_allocation():
+            for run_id, path, exp_id in new:
+                entry = self._cached.pop(run_id, None)
+                if entry is None:
+                    continue
+                try:
+                    state = RunState.from_cache(entry, path, run_id, exp_id)
+                except (KeyError, TypeError, ValueError, IndexError, msgspec.MsgspecError) as exc:
+                    self._log_once(f"storage cache entry of run {run_id!r} unusable ({exc}); reading the run again")
+                    state = None
+                if state is None:
+                    continue
+                if state.refresh():  # metadata again, and whatever the files gained since
+                    self._restored_changed = True
+                out[run_id] = state
+        self._cached = {}  # whatever was not used is stale
+        self.restored += len(out)
+        return out
+
+    def _maybe_save(self) -> None:
+        """Write the persistent cache after the first scan, then at most every SAVE_EVERY_S."""
+        if self.cache is None or self._saved_generation == self.generation:
+            return
+        if self._saved_generation is not None and time.monotonic() - self._saved_at < SAVE_EVERY_S:
+            return
+        self.save_cache()
+
+    def save_cache(self) -> None:
+        if self.cache is None:
+            return
+        entries = []
+        for state in list(self._runs.values()):
+            entry = state.to_cache()
+            if entry is not None:
+                entries.append(entry)
+        self.cache.save(entries)
+        self._saved_generation = self.generation
+        self._saved_at = time.monotonic()
+
+    def close(self) -> None:
+        """Keep the newest state for the next start (unless a poll still runs: a stop never
+        waits for storage that does not answer)."""
+        if self.cache is not None and self.scanned and self._refresh_lock.acquire(timeout=1.0):
+            try:
+                if self._saved_generation != self.generation:
+                    self.save_cache()
+            finally:
+                self._refresh_lock.release()
 
     def _scan_new(self, new: List[tuple]) -> Dict[str, RunState]:
         """Read runs seen for the first time; a large batch (the cold start) uses every core."""
         workers = min(self.scan_workers, len(new) // PARALLEL_MIN_RUNS)
+        if workers < 2 and len(new) >= 2 and _bytes_to_read(new) >= PARALLEL_MIN_BYTES:
+            workers = min(self.scan_workers, len(new))  # a few big runs: decoding holds the GIL
         if workers >= 2:
             try:
                 ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
-                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=mark_scan_worker) as pool:
-                    chunks = [new[i::workers] for i in range(workers)]
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_scan_worker_init,
+                                         initargs=(Limits.max_line_bytes, Limits.roots)) as pool, \
+                        bulk_allocation():  # results unpickle here
+                    # Small batches: results come back (and unpickle here) while workers go on.
+                    parts = workers * SCAN_BATCHES_PER_WORKER
+                    chunks = [c for c in (new[i::parts] for i in range(parts)) if c]
                     out: Dict[str, RunState] = {}
                     for part in pool.map(_scan_runs, chunks):
                         out.update(part)
@@ -160,12 +289,26 @@ class Store:
                 self._log_once(f"parallel scan unavailable ({exc}); scanning on one core")
         return _scan_runs(new)
 
+    def _inside(self, path: str) -> bool:
+        """A symlinked folder counts only if it leads into the store or an allowed root."""
+        real = os.path.realpath(path)
+        if any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.allowed):
+            return True
+        self._log_once(f"{path} leads outside the storage root (to {real}); not followed "
+                       "(storage.extra_roots allows more)")
+        return False
+
     def _log_once(self, message: str) -> None:
         if message not in self._logged:
             self._logged.add(message)
             log.warning("%s", message)
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def invalid_lines(self) -> int:
+        """Lines skipped as invalid JSON across every run (for /metrics)."""
+        return sum(state.invalid_lines for state in list(self._runs.values()))
 
     def run_ids(self) -> List[str]:
         return list(self._runs)
@@ -208,10 +351,11 @@ class Store:
                          include_pending: bool = False):
         """The detail and the run version it shows, so callers can cache it under that version."""
         state = self.get(run_id)
-        state.want_tasks()
-        view = self.view(run_id)
-        stop = None if limit is None else offset + limit
-        samples = state.load_samples(view, offset, stop, include_pending)
+        with bulk_allocation():  # thousands of objects: no collection walking the store meanwhile
+            state.want_tasks()
+            view = self.view(run_id)
+            stop = None if limit is None else offset + limit
+            samples = state.load_samples(view, offset, stop, include_pending)
         out = dict(state.summary())
         out["samples"] = samples
         out["samples_total"] = len(view.samples) + (len(view.pending) if include_pending else 0)
@@ -226,17 +370,20 @@ class Store:
 
     def scores(self, run_id: str) -> Dict[str, Dict[Any, List[float]]]:
         """Per metric, per sample id, the score values (one per evaluation line)."""
-        return self.view(run_id).scores
+        with bulk_allocation():
+            return self.view(run_id).scores
 
     def sample_ids(self, run_id: str) -> List[Any]:
         """Ids of the evaluated samples, in detail order."""
-        return [s.id for s in self.view(run_id).samples]
+        with bulk_allocation():
+            return [s.id for s in self.view(run_id).samples]
 
     def samples(self, run_id: str, ids: List[Any]) -> List[Dict[str, Any]]:
         """Detail samples for these ids (unknown ids are skipped), in the order given."""
         state = self.get(run_id)
-        state.want_tasks()
-        view = self.view(run_id)
-        where = state.positions_by_id(view)
-        positions = [where[k] for k in ((type(i).__name__, i) for i in ids) if k in where]
-        return state.load_positions(view, positions)
+        with bulk_allocation():
+            state.want_tasks()
+            view = self.view(run_id)
+            where = state.positions_by_id(view)
+            positions = [where[k] for k in ((type(i).__name__, i) for i in ids) if k in where]
+            return state.load_positions(view, positions)
