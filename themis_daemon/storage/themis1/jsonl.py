@@ -171,6 +171,10 @@ class JsonlTail:
         self.head = b""  # the file's first bytes and the bytes just before `offset`
         self.last = b""
         self.failure: Optional[str] = None  # a line too long to decode, until the file changes
+        # st_ctime_ns when the file was last opened: a permission change moves it (and not the
+        # size or mtime), so an unchanged file is tried again after one
+        self.ctime: Optional[int] = None
+        self.unreadable = False  # the last open failed: try again at every poll
 
     def changed(self) -> Optional[os.stat_result]:
         """Return the stat result if the file moved since the last read, else None."""
@@ -179,7 +183,10 @@ class JsonlTail:
         except FileNotFoundError:
             return None
         if self.sig is not None and (st.st_ino, st.st_size, st.st_mtime_ns) == self.sig:
-            return None
+            if self.ctime is None:
+                self.ctime = st.st_ctime_ns  # a position restored from the cache
+            if not self.unreadable and st.st_ctime_ns == self.ctime:
+                return None
         return st
 
     def read_new(self, st: Optional[os.stat_result] = None,
@@ -203,7 +210,13 @@ class JsonlTail:
         if self.sig is not None and (st.st_ino != self.sig[0] or st.st_size < self.offset):
             self.restart()
             reset = True
-        with open_checked(self.path) as fh:
+        try:
+            opened = open_checked(self.path)
+        except OSError:
+            self.unreadable = True
+            raise
+        self.unreadable, self.ctime = False, st.st_ctime_ns
+        with opened as fh:
             # The bytes before the offset come along: if they changed, the file was rewritten
             # (not appended to) and is read again from its start.
             # Plain text is read in bounded helpings (gzip text is bounded per member).

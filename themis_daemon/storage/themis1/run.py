@@ -806,7 +806,12 @@ def _load(tail: Optional[JsonlTail], units: List[Optional[Unit]]) -> List[Any]:
     if tail is None:
         return [None] * len(units)
     idx = [i for i, u in enumerate(units) if u is not None]
-    loaded = read_units(tail.path, tail.gz, [units[i] for i in idx]) if idx else []
+    try:
+        loaded = read_units(tail.path, tail.gz, [units[i] for i in idx]) if idx else []
+    except (OSError, CorruptFile):
+        # Unreadable now (permissions, a FIFO, a link out of the store): the detail is served
+        # without these texts, and the run's `error` (from its last poll) says why.
+        loaded = []
     out: List[Any] = [None] * len(units)
     for i, obj in zip(idx, loaded):
         out[i] = obj
