@@ -510,7 +510,8 @@ class Themis4Source:
         pending = [False] * len(page)
         for k, index in enumerate(indexes):
             pending[k] = index >= scored
-        samples = [fold.sample(cid, events, pending=p, dataset=dataset) for cid, p in zip(page, pending)]
+        with bulk_allocation():  # 10,000 samples' dicts must not set off collections of the whole state
+            samples = [fold.sample(cid, events, pending=p, dataset=dataset) for cid, p in zip(page, pending)]
         details = self._score_details(run_id, fold, page)
         if details:
             for item in samples:
