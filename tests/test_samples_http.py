@@ -383,13 +383,12 @@ class TestThemis4:
                 assert float(row[m]) == v
 
 
+    @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # SQLite's own locking
     @pytest.mark.gen_test(timeout=60)
     async def test_reads_wait_for_a_committing_writer(self, http_client, base_url, backend, store_root):
         """A Themis writer holds SQLite's exclusive lock while it commits: a run's details, a
         download or a page of pairs asked for at that moment wait for the commit instead of
         answering 503."""
-        if backend != "sqlite":
-            pytest.skip("SQLite locking")
         import sqlite3
         ids = self.ids(backend)
         run_id = ids["flaky"]
