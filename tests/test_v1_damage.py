@@ -361,3 +361,26 @@ def test_huge_line_is_capped_and_reported(served):
         fh.write(original)
     s.recovered("fake-live")
     s.untouched()
+
+
+def test_lines_with_fields_of_the_wrong_type_stay_in_that_run(served):
+    """`"scores": 5` or an object as `sample_id` once stopped the refresh of the whole store."""
+    s = served()
+    path = os.path.join(s.run_dir("fake-direct"), "evaluations", "default", "evaluation.jsonl")
+    with open(path, "rb") as fh:
+        original = fh.read()
+    lines = original.splitlines(keepends=True)
+    first, second = json.loads(lines[2]), json.loads(lines[3])
+    first["evaluation"]["scores"] = 5
+    second["evaluation"]["sample_id"] = {"not": "an id"}
+    lines[2] = (json.dumps(first) + "\n").encode()
+    lines[3] = (json.dumps(second) + "\n").encode()
+    with open(path, "wb") as fh:
+        fh.writelines(lines)
+    run = damaged_run(s, "fake-direct")
+    assert "2 invalid lines" in json.dumps(run.get("warnings")) + str(run.get("error"))
+    s.others_unchanged("fake-direct")
+    with open(path, "wb") as fh:
+        fh.write(original)
+    s.recovered("fake-direct")
+    s.untouched()

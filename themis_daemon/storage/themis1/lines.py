@@ -97,7 +97,14 @@ def parse_evaluation(line: bytes) -> Optional[Tuple[str, Any, Tuple[str, ...], T
         names, values = _scores(scores)
     else:
         values = tuple([sc.value for sc in scores])
-    return obj.cache_key, obj.evaluation.sample_id, names, values
+    return obj.cache_key, _sample_id(obj.evaluation.sample_id), names, values
+
+
+def _sample_id(value: Any) -> Any:
+    # Sample ids key the reader's tables: an object or a list there makes the line unusable.
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise ValueError(f"sample_id is a {type(value).__name__}, not a string or number")
 
 
 def _evaluation_slow(obj: Any):
@@ -106,8 +113,11 @@ def _evaluation_slow(obj: Any):
     key, ev = obj.get("cache_key"), obj.get("evaluation")
     if not isinstance(key, str) or not isinstance(ev, dict):
         return None
-    names, values = _scores(ev.get("scores"))
-    return key, ev.get("sample_id"), names, values
+    scores = ev.get("scores")
+    if scores is not None and not isinstance(scores, list):
+        raise ValueError(f"scores is a {type(scores).__name__}, not a list")
+    names, values = _scores(scores)
+    return key, _sample_id(ev.get("sample_id")), names, values
 
 
 def parse_record(line: bytes) -> Optional[Tuple[str, bool]]:

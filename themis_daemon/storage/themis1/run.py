@@ -216,6 +216,9 @@ class RunState:
                     errors.append(str(exc))
                 except OSError as exc:
                     errors.append(f"{exc.strerror or exc} ({os.path.relpath(exc.filename or self.dir, self.dir)})")
+                except Exception as exc:  # noqa: BLE001 - whatever one run holds stays in that run's error
+                    log.exception("run %r: unexpected error reading it", self.run_id)
+                    errors.append(f"cannot read this run: {type(exc).__name__}: {exc}")
             if self.meta_error:
                 errors.append(self.meta_error)
             error = "; ".join(errors) or None
