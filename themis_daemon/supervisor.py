@@ -132,11 +132,7 @@ class Supervisor:
         except BaseException:
             log.exception("the event poller crashed")
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+            _exit_child(code)
 
     def _spawn(self, index: int) -> None:
         pid = os.fork()
@@ -160,11 +156,7 @@ class Supervisor:
         except BaseException:
             log.exception("worker %d crashed", index)
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+            _exit_child(code)
 
     # ------------------------------------------------------------------ main side
 
@@ -384,3 +376,12 @@ class Supervisor:
                 log.error("worker %d (pid %d) missed its watchdog pings; killing it", worker.index, pid)
                 worker.ready = False
                 self._kill(pid, signal.SIGKILL)
+
+
+def _exit_child(code: int) -> None:
+    """End a forked child here: its copy of the parent's state must run no exit handlers."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)

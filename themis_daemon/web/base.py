@@ -231,6 +231,18 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(jsonutil.dumpb(obj))
 
+    def resolve_run(self, ref: str) -> str:
+        """A full run id: Themis 4 runs may be named by a unique prefix of >= 8 hex characters."""
+        from ..storage import AmbiguousRun, RunNotFound
+
+        try:
+            return self.daemon.store.resolve(ref)
+        except AmbiguousRun as exc:
+            raise ApiError(404, f"Run not found: {ref} is a prefix of {exc.matches} runs; give more characters",
+                           matches=exc.matches) from None
+        except RunNotFound:
+            raise ApiError(404, f"Run not found: {ref}") from None
+
     def json_body(self) -> Any:
         # `curl -d` labels JSON as a form; what matters is that the body parses as JSON.
         ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()

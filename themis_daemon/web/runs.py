@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import jsonutil
-from ..storage import STATUSES, AmbiguousRun, RunNotFound, Unavailable
+from ..storage import STATUSES, RunNotFound, Unavailable
 from .base import ApiError, BaseHandler
 
 SORT_KEYS = ("created_at", "updated_at", "completed_at", "run_id", "experiment_id", "status",
@@ -133,7 +133,7 @@ class RunHandler(CachedBodyMixin, BaseHandler):
         limit = self.query_int("samples_limit", None, 0, MAX_PAGE)
         pending = self.query_bool("include_pending", False)
         await self.daemon.monitor.ensure_fresh()
-        run_id = self._resolve(run_id)
+        run_id = self.resolve_run(run_id)
         state = self._state(run_id)
         stalled = run_id in self.daemon.monitor.stalled
         page = (offset, limit, pending)
@@ -156,16 +156,6 @@ class RunHandler(CachedBodyMixin, BaseHandler):
         body = jsonutil.dumpb_sliced(detail, "samples")
         return body, _etag(body), version  # hashing megabytes is no work for the loop either
 
-    def _resolve(self, ref: str) -> str:
-        """A full run id: Themis 4 runs may be named by a unique prefix of >= 8 hex characters."""
-        try:
-            return self.daemon.store.resolve(ref)
-        except AmbiguousRun as exc:
-            raise ApiError(404, f"Run not found: {ref} is a prefix of {exc.matches} runs; give more characters",
-                           matches=exc.matches) from None
-        except RunNotFound:
-            raise ApiError(404, f"Run not found: {ref}") from None
-
     def _state(self, run_id: str):
         try:
             return self.daemon.store.get(run_id)
@@ -174,7 +164,7 @@ class RunHandler(CachedBodyMixin, BaseHandler):
 
     async def delete(self, run_id: str) -> None:
         await self.daemon.monitor.ensure_fresh()
-        self._state(self._resolve(run_id))
+        self._state(self.resolve_run(run_id))
         raise ApiError(501, "Delete not implemented: themis-daemon serves the storage read-only")
 
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 from tornado.iostream import StreamClosedError
 
 from .. import jsonutil
-from ..storage import AmbiguousRun, RunNotFound, Unavailable
+from ..storage import RunNotFound, Unavailable
 from .base import ApiError, BaseHandler
 
 log = logging.getLogger("themis_daemon.web")
@@ -27,18 +27,7 @@ FIXED_COLUMNS = ("id", "prompt", "response", "reference", "error")
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class _RunLookup:
-    def resolve_run(self: Any, ref: str) -> str:
-        try:
-            return self.daemon.store.resolve(ref)
-        except AmbiguousRun as exc:
-            raise ApiError(404, f"Run not found: {ref} is a prefix of {exc.matches} runs; give more characters",
-                           matches=exc.matches) from None
-        except RunNotFound:
-            raise ApiError(404, f"Run not found: {ref}") from None
-
-
-class CompareSamplesHandler(_RunLookup, BaseHandler):
+class CompareSamplesHandler(BaseHandler):
     async def get(self) -> None:
         from ..stats import CompareError
         from ..stats.samples import KINDS, pair_items, select
@@ -99,7 +88,7 @@ def _cell(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-class RunSamplesHandler(_RunLookup, BaseHandler):
+class RunSamplesHandler(BaseHandler):
     """Every sample of a run, written and flushed a chunk at a time so a big run neither sits
     in memory as one body nor keeps the IOLoop busy."""
 
