@@ -132,9 +132,6 @@ class View:
     pending: List[Sample] = field(default_factory=list)  # generated, not evaluated yet
 
 
-_finite_mean = finite_mean  # scale-safe: one run's huge scores must not break every listing
-
-
 class RunState:
     """Cached state of one run folder; `refresh()` reads only files whose size or mtime moved."""
 
@@ -621,7 +618,7 @@ class RunState:
                 for name, value in zip(rec[2], rec[3]):
                     per.setdefault(name, []).append(value)
             for name, values in per.items():
-                mean = _finite_mean(values)
+                mean = finite_mean(values)
                 if mean is not None:
                     sums.setdefault(name, []).append(mean)
         metrics = {name: stable_mean(v) for name, v in sums.items()}

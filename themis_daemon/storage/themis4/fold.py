@@ -11,13 +11,12 @@ events that hold text (generation, reduction), which details fetch on demand.
 
 from __future__ import annotations
 
-import math
 import pickle
 import threading
 from operator import attrgetter
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
-from ..base import stable_mean
+from ..base import finite_mean
 
 _EMPTY: Dict[Any, Any] = {}  # shared, never written
 
@@ -360,9 +359,9 @@ class RunFold:
                 sums.setdefault(metric, []).append(case.scores[metric])
         out = {}
         for metric, values in sums.items():
-            finite = [v for v in values if math.isfinite(v)]
-            if finite:
-                out[metric] = stable_mean(finite)
+            mean = finite_mean(values)
+            if mean is not None:
+                out[metric] = mean
         return out
 
     def paired_scores(self) -> Dict[str, Dict[str, List[float]]]:
