@@ -250,7 +250,7 @@ class Monitor:
         self._plain = plain
         self._plain_by_id = {s["run_id"]: s for s in plain}
         self.generation = generation
-        stalled = self._stall_events({s["run_id"]: s for s in plain})
+        stalled = self._stall_events(self._plain_by_id)
         new = {s["run_id"]: self.annotate(s) for s in plain}
         events = [] if first else diff_events(self._snapshot, new, result.added, result.removed)
         if not first:  # runs already stalled at start-up are state, not news
