@@ -35,8 +35,8 @@ def truncate_file(path, keep_lines):
     return all_lines[keep_lines:]
 
 
-def truncate_gz(path, keep_members):
-    """Keep the first `keep_members` gzip members; return the raw bytes of the others."""
+def gz_members(path):
+    """The raw bytes of each gzip member of a file, in order."""
     import zlib
 
     data = open(path, "rb").read()
@@ -47,6 +47,12 @@ def truncate_gz(path, keep_members):
         length = len(data) - pos - len(d.unused_data)
         members.append(data[pos:pos + length])
         pos += length
+    return members
+
+
+def truncate_gz(path, keep_members):
+    """Keep the first `keep_members` gzip members; return the raw bytes of the others."""
+    members = gz_members(path)
     with open(path, "wb") as fh:
         fh.write(b"".join(members[:keep_members]))
     return members[keep_members:]

@@ -18,27 +18,9 @@ import pytest
 from themis_daemon.storage.themis1 import Store, jsonl as jsonl_mod
 from themis_daemon.storage.themis1 import cache as cache_mod
 from conftest import GZIP, PLAIN, copy_store, snapshot_tree
+from test_storage import RUNS, gz_members, run_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = ("experiments", "default", "runs")
-
-
-def run_path(root, run_id, *parts):
-    return os.path.join(root, *RUNS, run_id, *parts)
-
-
-def gz_members(path):
-    import zlib
-
-    data = open(path, "rb").read()
-    members, pos = [], 0
-    while pos < len(data):
-        d = zlib.decompressobj(wbits=31)
-        d.decompress(data[pos:])
-        length = len(data) - pos - len(d.unused_data)
-        members.append(data[pos:pos + length])
-        pos += length
-    return members
 
 
 def everything(store):
