@@ -166,40 +166,31 @@ class PostgresReader(EventReader):
                 "SELECT snapshot_json::text FROM run_snapshots WHERE run_id = %s", (run_id,)).fetchone())
         return row[0] if row else None
 
-    def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
+    def _events_at(self, run_id: str, positions: List[int], columns: str) -> List[tuple]:
+        """Rows (id, *columns) of a run's events at `positions` (what `fetch` and
+        `fetch_outputs` read, each with its own columns)."""
         ids = sorted({int(p) for p in positions})
         if not ids:
-            return {}
-        cols = ("id, (event_json -> 'result' -> 'final_output')::text,"
-                " (event_json -> 'result' -> 'conversation')::text FROM run_events WHERE run_id = %s")
-        if len(ids) > 2000:
-            wanted = set(ids)
-            sql = (f"SELECT {cols} AND id >= %s AND id <= %s"
-                   " AND event_type IN ('generation_completed', 'reduction_completed')")
-            with self._lock:
-                rows = self._run(lambda conn: conn.execute(sql, (run_id, ids[0], ids[-1])).fetchall())
-            return {int(i): (o, c) for i, o, c in rows if int(i) in wanted}
-        with self._lock:
-            rows = self._run(lambda conn: conn.execute(f"SELECT {cols} AND id = ANY(%s)", (run_id, ids)).fetchall())
-        return {int(i): (o, c) for i, o, c in rows}
-
-    def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
-        ids = sorted({int(p) for p in positions})
-        if not ids:
-            return {}
+            return []
         if len(ids) > 2000:
             # A whole big run: walk its index range once rather than look up thousands of ids.
             wanted = set(ids)
-            sql = ("SELECT id, event_json::text FROM run_events WHERE run_id = %s AND id >= %s AND id <= %s"
+            sql = (f"SELECT id, {columns} FROM run_events WHERE run_id = %s AND id >= %s AND id <= %s"
                    " AND event_type IN ('generation_completed', 'reduction_completed')")
             with self._lock:
                 rows = self._run(lambda conn: conn.execute(sql, (run_id, ids[0], ids[-1])).fetchall())
-            return {int(i): data for i, data in rows if int(i) in wanted}
+            return [r for r in rows if int(r[0]) in wanted]
+        sql = f"SELECT id, {columns} FROM run_events WHERE run_id = %s AND id = ANY(%s)"
         with self._lock:
-            rows = self._run(lambda conn: conn.execute(
-                "SELECT id, event_json::text FROM run_events WHERE run_id = %s AND id = ANY(%s)",
-                (run_id, ids)).fetchall())
-        return {int(i): data for i, data in rows}
+            return self._run(lambda conn: conn.execute(sql, (run_id, ids)).fetchall())
+
+    def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
+        rows = self._events_at(run_id, positions, "(event_json -> 'result' -> 'final_output')::text,"
+                                                  " (event_json -> 'result' -> 'conversation')::text")
+        return {int(i): (o, c) for i, o, c in rows}
+
+    def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
+        return {int(i): data for i, data in self._events_at(run_id, positions, "event_json::text")}
 
     def close(self) -> None:
         with self._lock:
