@@ -312,9 +312,8 @@ class Themis4Source:
             log.warning("store %s: %s", self.name, message)
         self.error = message
         self.generation += 1
-        for run_id, run in self._runs.items():
-            if run_id not in res.changed:
-                res.changed.append(run_id)
+        listed = set(res.changed)  # every run is listed once: a membership test per run, not a scan
+        res.changed += [run_id for run_id in self._runs if run_id not in listed]
 
     def _refresh(self, res: RefreshResult) -> None:
         if not self.scanned and self._cold_scan(res):
