@@ -66,15 +66,15 @@ def check_config(config_file: Optional[str], overrides: Dict[str, Any], *, as_js
     environ = os.environ if environ is None else environ
     for warning in unknown_environment(environ):
         sys.stderr.write(f"themis-daemon: warning: {warning}\n")
+    from .cli import fail
+
     try:
         settings, origins = load_settings_with_origins(config_file, environ=environ, overrides=overrides or None)
         problem = _problems(settings)
     except ConfigError as exc:
-        sys.stderr.write(f"themis-daemon: error: {exc}\n")
-        return 2
+        return fail(str(exc))
     if problem:
-        sys.stderr.write(f"themis-daemon: error: {problem}\n")
-        return 2
+        return fail(problem)
     rows = effective(settings.as_dict(), origins)
     keys = len(settings.api_keys())
     if as_json:

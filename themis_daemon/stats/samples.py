@@ -11,7 +11,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .align import align, collapse_metric, stable_mean
+from .align import align, collapse_metric, sample_sort_key, stable_mean
 from .compare import CompareError
 
 CELLS = ("a_only", "b_only", "both", "neither")
@@ -81,11 +81,12 @@ def pair_items(sel: Selection, start: int, stop: int, samples_a: List[Dict[str, 
                samples_b: List[Dict[str, Any]], metric: str) -> List[Dict[str, Any]]:
     """One item per pair of the page: the prompt and reference once (B's only when they
     differ), both responses, the metric's paired scores and each run's full sample scores."""
-    by_a = {_key(s.get("id")): s for s in samples_a}
-    by_b = {_key(s.get("id")): s for s in samples_b}
+    # Typed keys, as align pairs them: 1, 1.0, True and "1" stay distinct samples.
+    by_a = {sample_sort_key(s.get("id")): s for s in samples_a}
+    by_b = {sample_sort_key(s.get("id")): s for s in samples_b}
     out = []
     for key, va, vb in zip(sel.keys[start:stop], sel.a[start:stop], sel.b[start:stop]):
-        sa, sb = by_a.get(_key(key), {}), by_b.get(_key(key), {})
+        sa, sb = by_a.get(sample_sort_key(key), {}), by_b.get(sample_sort_key(key), {})
         item: Dict[str, Any] = {
             "id": key,
             "prompt": sa.get("prompt", ""),
@@ -110,7 +111,3 @@ def _side(sample: Dict[str, Any]) -> Dict[str, Any]:
         if sample.get(field):
             side[field] = sample[field]
     return side
-
-
-def _key(sid: Any):
-    return (type(sid).__name__, sid)

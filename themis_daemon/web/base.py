@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import hmac
@@ -9,7 +10,7 @@ import http.client
 import logging
 import re
 import uuid
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import tornado.web
 
@@ -242,6 +243,18 @@ class BaseHandler(tornado.web.RequestHandler):
                            matches=exc.matches) from None
         except RunNotFound:
             raise ApiError(404, f"Run not found: {ref}") from None
+
+    async def read_store(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Storage reads run in the work pool; a run removed meanwhile is a 404, and a store that
+        cannot be read right now a 503 the client may retry."""
+        from ..storage import RunNotFound, Unavailable
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.daemon.executor, fn, *args)
+        except RunNotFound as exc:
+            raise ApiError(404, f"Run not found: {exc.args[0]}") from None
+        except Unavailable as exc:
+            raise ApiError(503, f"{what} cannot be read right now: {exc}", headers={"Retry-After": "1"}) from None
 
     def json_body(self) -> Any:
         # `curl -d` labels JSON as a form; what matters is that the body parses as JSON.

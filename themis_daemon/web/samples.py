@@ -68,15 +68,10 @@ class CompareSamplesHandler(BaseHandler):
                 "items": items,
             }
 
-        loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.daemon.executor, compute)
+            result = await self.read_store("Samples", compute)
         except CompareError as exc:
             raise ApiError(exc.status, exc.detail, **(getattr(exc, "extra", None) or {})) from None
-        except RunNotFound as exc:  # removed while being read
-            raise ApiError(404, f"Run not found: {exc.args[0]}") from None
-        except Unavailable as exc:
-            raise ApiError(503, f"Samples cannot be read right now: {exc}", headers={"Retry-After": "1"}) from None
         self.finish(jsonutil.dumpb(result))
 
 
@@ -104,12 +99,7 @@ class RunSamplesHandler(BaseHandler):
         def prepare():
             return store.sample_ids(run_id), sorted(store.scores(run_id))
 
-        try:
-            ids, metrics = await loop.run_in_executor(self.daemon.executor, prepare)
-        except RunNotFound:
-            raise ApiError(404, f"Run not found: {run_id}") from None
-        except Unavailable as exc:
-            raise ApiError(503, f"Samples cannot be read right now: {exc}", headers={"Retry-After": "1"}) from None
+        ids, metrics = await self.read_store("Samples", prepare)
         columns = [m if m not in FIXED_COLUMNS else f"score:{m}" for m in metrics]
         self.set_header("Content-Type", FORMATS[fmt])
         self.set_header("Content-Disposition",
