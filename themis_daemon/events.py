@@ -131,13 +131,10 @@ def run_poller(settings: Any, name: str) -> int:
 
 async def _poll(settings: Any, name: str) -> int:
     from .monitor import Monitor
-    from .storage import open_sources
+    from .storage import open_configured
     from .web.ws import Hub
 
-    store = open_sources(settings.storage.specs(), password_file=settings.storage.password_file,
-                         cache_dir=settings.storage.resolved_cache_dir(),
-                         max_line_bytes=settings.storage.max_line_bytes,
-                         extra_roots=settings.storage.extra_roots)
+    store = open_configured(settings.storage)
     server = EventServer(settings.websocket.replay_buffer)
     hub = Hub(settings.websocket)
     if not store.positional:
@@ -149,9 +146,7 @@ async def _poll(settings: Any, name: str) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     executor = ThreadPoolExecutor(1, thread_name_prefix="themis-storage")
-    monitor = Monitor(store, executor, poll_interval=settings.monitor.poll_interval,
-                      stalled_after=settings.monitor.stalled_after,
-                      stuck_after_polls=settings.monitor.stuck_after_polls, publish=publish)
+    monitor = Monitor.configured(store, executor, settings.monitor, publish=publish)
     server.listen_on(name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -101,6 +101,12 @@ def _event(kind: str, summary: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
 class Monitor:
     """Owns the storage refresh: periodic polls, on-demand freshness for requests, diffing."""
 
+    @classmethod
+    def configured(cls, store: Sources, executor: Executor, monitor: Any, **kwargs: Any) -> "Monitor":
+        """A monitor set up from a `monitor` settings section (web workers and the event poller)."""
+        return cls(store, executor, poll_interval=monitor.poll_interval, stalled_after=monitor.stalled_after,
+                   stuck_after_polls=monitor.stuck_after_polls, **kwargs)
+
     def __init__(self, store: Sources, executor: Executor, *, poll_interval: float = 1.0,
                  stalled_after: Optional[float] = None,
                  publish: Optional[Callable[[Dict[str, Any]], None]] = None,

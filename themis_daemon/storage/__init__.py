@@ -5,8 +5,8 @@ file layout, `themis4/` the event-sourced stores of themis-eval 4.x (SQLite, JSO
 """
 
 from .base import FINAL_STATUSES, STATUSES, NotAStore, RefreshResult, RunNotFound, Unavailable
-from .sources import AmbiguousRun, Sources, detect, open_source, open_sources
+from .sources import AmbiguousRun, Sources, detect, open_configured, open_source, open_sources
 from .themis1 import Store
 
 __all__ = ["AmbiguousRun", "FINAL_STATUSES", "NotAStore", "RefreshResult", "RunNotFound", "STATUSES",
-           "Sources", "Store", "Unavailable", "detect", "open_source", "open_sources"]
+           "Sources", "Store", "Unavailable", "detect", "open_configured", "open_source", "open_sources"]

@@ -390,6 +390,14 @@ def sane_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
     return summary
 
 
+def open_configured(storage: Any) -> Sources:
+    """The sources a `storage` settings section names, opened as the daemon serves them (the
+    web workers and the event poller alike)."""
+    return open_sources(storage.specs(), password_file=storage.password_file,
+                        cache_dir=storage.resolved_cache_dir(), max_line_bytes=storage.max_line_bytes,
+                        extra_roots=storage.extra_roots)
+
+
 def open_sources(specs: Sequence[Union[str, Dict[str, Any]]], *, password_file: Optional[str] = None,
                  clock: Callable[[], float] = time.time, cache_dir: Optional[str] = None,
                  max_line_bytes: Optional[int] = None, extra_roots: Sequence[str] = ()) -> Sources:

@@ -18,7 +18,7 @@ import tornado.web
 from .. import jsonutil
 from ..config import Settings, settings_from_kwargs
 from ..monitor import Monitor
-from ..storage import Sources, open_sources
+from ..storage import Sources, open_configured
 from . import health, metrics, runs
 from .base import NotFoundHandler, Tickets, problem
 
@@ -94,10 +94,7 @@ class Daemon:
                  clock: Optional[Callable[[], float]] = None):
         self.settings = settings
         if store is None:
-            store = open_sources(settings.storage.specs(), password_file=settings.storage.password_file,
-                                 cache_dir=settings.storage.resolved_cache_dir(),
-                                 max_line_bytes=settings.storage.max_line_bytes,
-                                 extra_roots=settings.storage.extra_roots)
+            store = open_configured(settings.storage)
         elif not isinstance(store, Sources):
             store = Sources([store])  # a single injected source (tests, embedders)
         self.store: Sources = store
@@ -107,11 +104,8 @@ class Daemon:
         self.executor = executor or ThreadPoolExecutor(2, thread_name_prefix="themis-work")
         self.hub = hub
         monitor_kwargs = {"clock": clock} if clock else {}
-        self.monitor = Monitor(self.store, self.storage_executor,
-                               poll_interval=settings.monitor.poll_interval,
-                               stalled_after=settings.monitor.stalled_after,
-                               stuck_after_polls=settings.monitor.stuck_after_polls,
-                               publish=hub.publish if hub is not None else None, **monitor_kwargs)
+        self.monitor = Monitor.configured(self.store, self.storage_executor, settings.monitor,
+                                          publish=hub.publish if hub is not None else None, **monitor_kwargs)
         self.cache = BodyCache()
         # A removed run's cached bodies can never be asked for again.
         self.monitor.listeners.append(lambda result: [self.cache.drop_group(("run", r)) for r in result.removed])
