@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 
 from conftest import DATA, PLAIN, copy_store
-from test_dashboard import ARGS, CHROMIUM, Daemon, Page, sync_api  # noqa: F401  (skips without Chromium)
+from test_dashboard import Daemon, Page, browser, sync_api  # noqa: F401  (skips without Chromium; browser is a fixture)
 from test_samples_http import cells, v1_file_scores
 
 expect = sync_api.expect
@@ -55,14 +55,6 @@ def shot(p, name):
     for folder in folders:
         os.makedirs(folder, exist_ok=True)
         p.page.screenshot(path=os.path.join(folder, name), full_page=True)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

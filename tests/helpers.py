@@ -1,0 +1,48 @@
+"""A real daemon subprocess for tests that need one outside the test process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+
+
+class ServeProcess:
+    """`python -m themis_daemon serve` on an ephemeral loopback port; the URL comes from its log
+    line, and the whole log is kept in `lines` for failure messages."""
+
+    URL_LINE = re.compile(r"serving .* on (http://127\.0\.0\.1:\d+)")
+    STOP_WAIT = 10
+
+    def __init__(self, *args: str, env: dict = None):
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "themis_daemon", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})})
+        found = threading.Event()
+        self.url = None
+
+        def drain():
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                match = self.URL_LINE.search(line)
+                if match and self.url is None:
+                    self.url = match.group(1)
+                    found.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        if not found.wait(60):
+            self.stop()
+            raise RuntimeError("daemon did not start:\n" + "".join(self.lines))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(self.STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
