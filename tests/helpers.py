@@ -1,9 +1,10 @@
-"""A real daemon subprocess for tests that need one outside the test process."""
+"""Helpers several test modules share: a real daemon subprocess, and ending a child process."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -46,3 +47,17 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def end_process(proc: subprocess.Popen, wait: float, sig: int = signal.SIGTERM, kill_wait: float = 5):
+    """Send `sig` and return the exit status within `wait` s; a child still running after that is
+    killed, so none outlives the test, and the timeout propagates to fail it."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(wait)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(kill_wait)
+
