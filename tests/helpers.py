@@ -1,7 +1,9 @@
-"""Helpers several test modules share: a real daemon subprocess, and ending a child process."""
+"""Helpers several test modules share: a real daemon subprocess, ending a child process, and a
+request that keeps error answers."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -61,3 +63,11 @@ def end_process(proc: subprocess.Popen, wait: float, sig: int = signal.SIGTERM, 
             proc.kill()
             proc.wait(kill_wait)
 
+
+async def fetch(http_client, url, **kw):
+    """The response and its body, decoded when it is JSON; error statuses are answers, not raised."""
+    kw.setdefault("raise_error", False)
+    resp = await http_client.fetch(url, **kw)
+    ctype = resp.headers.get("Content-Type", "")
+    body = json.loads(resp.body) if resp.body and "json" in ctype else resp.body
+    return resp, body

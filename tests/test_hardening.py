@@ -11,20 +11,13 @@ import time
 import pytest
 import tornado.websocket
 
+from helpers import fetch
 from themis_daemon.openapi import build_openapi
 
 
 @pytest.fixture
 def app_settings():
     return {"poll_interval": 0.05, "max_body_size": 4096}
-
-
-async def fetch(http_client, url, **kw):
-    kw.setdefault("raise_error", False)
-    resp = await http_client.fetch(url, **kw)
-    ctype = resp.headers.get("Content-Type", "")
-    body = json.loads(resp.body) if resp.body and "json" in ctype else resp.body
-    return resp, body
 
 
 async def raw_request(base_url, request: bytes, timeout: float = 30.0) -> bytes:

@@ -9,6 +9,8 @@ import pytest
 import tornado.websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
+from helpers import fetch
+
 KEYS = ["first-key-0001", "second-key-0002"]
 
 
@@ -17,14 +19,6 @@ def app_settings():
     return {"poll_interval": 0.05, "api_keys": KEYS,
             "cors": {"allow_origins": ["https://ok.example", "https://*.lab.example"]},
             "max_body_size": 4096}
-
-
-async def fetch(http_client, url, **kw):
-    kw.setdefault("raise_error", False)
-    resp = await http_client.fetch(url, **kw)
-    ctype = resp.headers.get("Content-Type", "")
-    body = json.loads(resp.body) if resp.body and "json" in ctype else resp.body
-    return resp, body
 
 
 @pytest.mark.gen_test
