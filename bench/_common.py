@@ -25,6 +25,15 @@ def log(msg: str) -> None:
     print("[bench] " + msg, file=sys.stderr, flush=True)
 
 
+def loadavg() -> str:
+    """The 1/5/15-minute load averages, recorded beside figures taken on a shared machine."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 class DaemonProcess:
     """``python -m themis_daemon serve --host 127.0.0.1 --port 0`` as a child process.
 
@@ -151,3 +160,13 @@ def print_table(rows: List[Tuple[str, str, str, str]], title: str) -> None:
     for r in rows:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
     print(line)
+
+
+def print_misses(misses: Sequence[str]) -> None:
+    """The closing verdict: every missed target, or that all were met."""
+    if misses:
+        print("MISSED %d target(s):" % len(misses))
+        for m in misses:
+            print("  - " + m)
+    else:
+        print("All targets met.")

@@ -55,7 +55,7 @@ REPO = HERE.parent
 OUT = HERE / "out"
 sys.path.insert(0, str(REPO))
 
-from _common import HOST, DaemonProcess, fmt, log, print_table, verdict  # noqa: E402
+from _common import HOST, DaemonProcess, fmt, loadavg, log, print_table, verdict  # noqa: E402
 
 from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset  # noqa: E402
 from themis_daemon.monitor import Monitor, diff_events  # noqa: E402
@@ -97,14 +97,6 @@ def proc_cpu_s(pid: int) -> Optional[float]:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as fh:
-            return " ".join(fh.read().split()[:3])
-    except OSError:
-        return "?"
 
 
 # --------------------------------------------------------------------------- store

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from _common import HOST, DaemonProcess, fmt, log, print_table, verdict  # noqa: E402
+from _common import HOST, DaemonProcess, fmt, log, print_misses, print_table, verdict  # noqa: E402
 
 CONNECTIONS = 32
 MB = 1024 * 1024
@@ -495,12 +495,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for k, v in info:
         print("  %s  %s" % (k.ljust(iw), v))
     print()
-    if misses:
-        print("MISSED %d target(s):" % len(misses))
-        for m in misses:
-            print("  - " + m)
-    else:
-        print("All targets met.")
+    print_misses(misses)
     if not R.get("alive", True):
         print("WARNING: the daemon was not running at the end; log tail:\n" + R["daemon_log_tail"])
     if args.json:

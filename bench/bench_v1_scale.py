@@ -45,17 +45,12 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from _common import HOST, DaemonProcess, log  # noqa: E402
+from _common import HOST, DaemonProcess, loadavg, log  # noqa: E402
 from bench_rest import run_load  # noqa: E402
 from bench_v4 import BareTornado  # noqa: E402
 
 BUILDER = REPO.parent / "shared" / "tools" / "make_scale_store.py"
 CONNECTIONS = 32
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as fh:
-        return " ".join(fh.read().split()[:3])
 
 
 def run_ids(store: Path) -> List[str]:

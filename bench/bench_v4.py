@@ -77,7 +77,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from _common import HOST, DaemonProcess, fmt, log  # noqa: E402
+from _common import HOST, DaemonProcess, fmt, loadavg, log, print_misses  # noqa: E402
 
 CONNECTIONS = 32
 POLL_WS = 0.5    # daemon poll interval for 1-6
@@ -102,14 +102,6 @@ TARGETS = {
 
 
 # --------------------------------------------------------------------------- small helpers
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as fh:
-            return " ".join(fh.read().split()[:3])
-    except OSError:
-        return "?"
-
 
 def pct(values: List[float], q: float) -> Optional[float]:
     """Interpolated percentile, q in 0..100."""
@@ -1458,12 +1450,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print("```")
             print("full profile: %s" % prof["file"])
     print()
-    if all_misses:
-        print("MISSED %d target(s):" % len(all_misses))
-        for m in all_misses:
-            print("  - " + m)
-    else:
-        print("All targets met.")
+    print_misses(all_misses)
     if args.json:
         for B in R["backends"].values():
             (B.get("daemon") or {}).pop("daemon_log_tail", None)

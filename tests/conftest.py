@@ -60,15 +60,6 @@ def load_expected(folder: str, name: str) -> Dict[str, Any]:
         return json.load(fh)
 
 
-async def fetch_body(http_client, url, **kw):
-    """The response and its body: decoded when it is JSON (problems included), else bytes."""
-    kw.setdefault("raise_error", False)
-    resp = await http_client.fetch(url, **kw)
-    ctype = resp.headers.get("Content-Type", "")
-    body = json.loads(resp.body) if resp.body and "json" in ctype else resp.body
-    return resp, body
-
-
 @pytest.fixture
 def plain_store(tmp_path):
     return copy_store(PLAIN, str(tmp_path / "plain"))

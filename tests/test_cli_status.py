@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pexpect
 import pytest
 
 from conftest import DATA
+from helpers import end_process
 from test_cli import REPO, Daemon, run_cli
 
 PY = sys.executable
@@ -167,13 +169,7 @@ def test_status_watch_json_prints_events(plain_store):
                 seen = event
         assert seen and seen["type"] in ("run_started", "run_completed") and seen["data"]["run_id"] == "fake-copy"
     finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+        end_process(proc, 30, signal.SIGINT)
         d.stop()
     assert proc.returncode == 130 and "Traceback" not in proc.stderr.read()
 
@@ -209,13 +205,7 @@ def test_status_watch_reconnects_after_a_daemon_restart(plain_store):
         else:
             raise AssertionError("no event after the reconnect")
     finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+        end_process(proc, 30, signal.SIGINT)
         if d2 is not None:
             d2.stop()
         d.stop()

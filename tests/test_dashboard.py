@@ -12,15 +12,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 
 import pytest
 
 from conftest import DATA, PLAIN, copy_store
+from helpers import ServeProcess
 from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset
 
 CHROMIUM = os.environ.get("THEMIS_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,41 +38,12 @@ TIMEOUT_MS = 30_000
 V4_SQLITE = os.path.join(DATA, "themis-v4", "sqlite")
 
 
-class Daemon:
-    """`python -m themis_daemon serve` on an ephemeral port; the URL comes from its log line."""
+class Daemon(ServeProcess):
+    """A daemon serving one store, polling every 0.2 s."""
 
     def __init__(self, storage: str, env: dict = None):
         self.storage = storage
-        self.lines = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "themis_daemon", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--storage", storage, "--poll-interval", "0.2", "--log-level", "info"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})})
-        found = threading.Event()
-        self.url = None
-
-        def drain():
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                match = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
-                if match and self.url is None:
-                    self.url = match.group(1)
-                    found.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        if not found.wait(60):
-            self.stop()
-            raise RuntimeError("daemon did not start:\n" + "".join(self.lines))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__("--storage", storage, "--poll-interval", "0.2", "--log-level", "info", env=env)
 
 
 @pytest.fixture(scope="module")

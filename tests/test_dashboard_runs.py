@@ -13,15 +13,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 
 import pytest
 
 from conftest import DATA, PLAIN, copy_store
+from helpers import ServeProcess
 from test_dashboard import Page, browser, expect, wait_for  # noqa: F401  (browser is a fixture)
 from themis_daemon import status as cli_figures
 from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset
@@ -33,42 +31,15 @@ SHOTS = os.path.join(REPO, "docs" if os.environ.get("THEMIS_DOC_SCREENSHOTS") ==
 LONG_ID = "nightly-regression-suite-2026-11-27-gpt-large-temperature-0.7-top-p-0.95-seed-1234"
 
 
-class Daemon:
+class Daemon(ServeProcess):
     """A daemon on an ephemeral port serving several stores."""
 
     def __init__(self, *storages: str):
-        args = [a for s in storages for a in ("--storage", s)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "themis_daemon", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--poll-interval", "0.2", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.url, self.lines = None, []
-        found = threading.Event()
-
-        def drain():
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                match = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
-                if match and self.url is None:
-                    self.url = match.group(1)
-                    found.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        if not found.wait(60):
-            self.stop()
-            raise RuntimeError("daemon did not start:\n" + "".join(self.lines))
+        super().__init__("--poll-interval", "0.2", *[a for s in storages for a in ("--storage", s)])
 
     def runs(self):
         with urllib.request.urlopen(self.url + "/api/runs", timeout=30) as resp:
             return {r["run_id"]: r for r in json.load(resp)}
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture(scope="module")

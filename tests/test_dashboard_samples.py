@@ -20,16 +20,13 @@ import urllib.request
 import pytest
 
 from conftest import DATA, PLAIN, copy_store
-from test_dashboard import ARGS, CHROMIUM, Daemon, Page, sync_api  # noqa: F401  (skips without Chromium)
+from test_dashboard import V4_RUNS, Daemon, Page, browser, sync_api, v4_daemon  # noqa: F401  (skips without Chromium; fixtures)
 from test_samples_http import cells, v1_file_scores
 
 expect = sync_api.expect
 expect.set_options(timeout=30_000)
 DOC_SHOTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "screenshots")
 TEST_SHOTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots")
-V4_SQLITE = os.path.join(DATA, "themis-v4", "sqlite")
-with open(os.path.join(V4_SQLITE, "manifest.json"), encoding="utf-8") as _fh:
-    V4_RUNS = {name: info["run_id"] for name, info in json.load(_fh)["runs"].items()}
 with open(os.path.join(DATA, "themis-v4", "expected.json"), encoding="utf-8") as _fh:
     V4_EXPECTED = json.load(_fh)["backends"]["sqlite"]
 
@@ -58,14 +55,6 @@ def shot(p, name):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
 def v1(tmp_path_factory):
     d = Daemon(copy_store(PLAIN, str(tmp_path_factory.mktemp("dash-samples") / "store")))
     yield d
@@ -73,11 +62,8 @@ def v1(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def v4(tmp_path_factory):
-    root = copy_store(V4_SQLITE, str(tmp_path_factory.mktemp("dash-samples-v4") / "sqlite"))
-    d = Daemon(os.path.join(root, "themis.sqlite3"))
-    yield d
-    d.stop()
+def v4(v4_daemon):
+    return v4_daemon
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import time
 import pytest
 import tornado.websocket
 
+from helpers import fetch
 from themis_daemon.openapi import build_openapi
 
-from conftest import fetch_body as fetch
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 
 from conftest import PLAIN, copy_store
+from helpers import end_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "deploy", "install-server.sh")
@@ -135,13 +136,7 @@ def test_the_installed_daemon_serves_with_the_credential_key(staged):
         res = _run([exe, "status", "--json", "--url", base], _clean_env(THEMIS_API_KEY=key))
         assert res.returncode == 0 and len(json.loads(res.stdout)) == 5
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+        end_process(proc, 20)
     assert proc.returncode == 0
 
 

@@ -9,9 +9,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 
@@ -19,29 +16,18 @@ import pytest
 import tornado.websocket
 
 from conftest import PLAIN, copy_store
+from helpers import ServeProcess
 from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset
 
 
-class Supervised:
+class Supervised(ServeProcess):
+    """`--workers 2`: the supervisor and its workers."""
+
+    URL_LINE = re.compile(r"on (http://127\.0\.0\.1:\d+)")
+    STOP_WAIT = 30
+
     def __init__(self, storage: str):
-        self.lines = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "themis_daemon", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--storage", storage, "--workers", "2", "--poll-interval", "0.2", "--log-level", "info"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        found = threading.Event()
-        self.url = None
-
-        def drain():
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
-                if match and self.url is None:
-                    self.url = match.group(1)
-                    found.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        assert found.wait(60), "".join(self.lines)
+        super().__init__("--storage", storage, "--workers", "2", "--poll-interval", "0.2", "--log-level", "info")
         self.port = int(self.url.rsplit(":", 1)[1])
 
     def children(self):
@@ -78,15 +64,6 @@ class Supervised:
             if n:
                 counts[pid] = n
         return counts
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def ready(url, timeout=60):

@@ -8,11 +8,11 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from conftest import DATA, PLAIN, copy_store
+from helpers import ServeProcess
 
 pytest.importorskip("schemathesis")
 
@@ -21,39 +21,14 @@ KEY = "schemathesis-key-0001"
 EXAMPLES_PER_OPERATION = 25  # about 700 requests per run; well under a minute on a loaded 2-core VM
 
 
-class LiveDaemon:
-    """`python -m themis_daemon serve` on an ephemeral loopback port."""
+class LiveDaemon(ServeProcess):
+    """A daemon serving every store given, polling every 0.5 s."""
+
+    STOP_WAIT = 20
 
     def __init__(self, storages: list, env: dict):
-        self.lines = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "themis_daemon", "serve", "--host", "127.0.0.1", "--port", "0",
-             *[a for path in storages for a in ("--storage", path)], "--poll-interval", "0.5", "--log-level", "info"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
-        found = threading.Event()
-        self.url = None
-
-        def drain():
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                match = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
-                if match and self.url is None:
-                    self.url = match.group(1)
-                    found.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        if not found.wait(60):
-            self.stop()
-            raise RuntimeError("daemon did not start:\n" + "".join(self.lines))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(*[a for path in storages for a in ("--storage", path)], "--poll-interval", "0.5",
+                         "--log-level", "info", env=env)
 
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["open-themis1", "api-key-themis1-and-4"])

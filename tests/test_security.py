@@ -9,7 +9,7 @@ import pytest
 import tornado.websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
-from conftest import fetch_body as fetch
+from helpers import fetch
 
 KEYS = ["first-key-0001", "second-key-0002"]
 

@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 import tornado.websocket
 
+from helpers import end_process
 from themis_daemon.demo.themis4 import PostgresSink, Themis4Writer, make_arith_cases
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,14 +62,7 @@ class DaemonProcess:
         return "".join(self.lines)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(30)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
+        return end_process(self.proc, 30, kill_wait=10)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 from themis_daemon.storage.themis1 import Store, jsonl as jsonl_mod
 from themis_daemon.storage.themis1 import cache as cache_mod
 from conftest import GZIP, PLAIN, copy_store, snapshot_tree
+from helpers import end_process
 from test_storage import RUNS, gz_members, run_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -276,13 +277,9 @@ class Server:
             return json.loads(resp.read())
 
     def stop(self):
-        self.proc.terminate()
         try:
-            return self.proc.wait(30)
+            return end_process(self.proc, 30, kill_wait=10)
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
             self.log.close()
 
 
