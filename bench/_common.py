@@ -34,6 +34,40 @@ def loadavg() -> str:
         return "?"
 
 
+def _proc_status(pid: int) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    try:
+        with open("/proc/%d/status" % pid) as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM", "Threads"):
+                    out[key] = int(rest.split()[0])
+    except OSError:
+        pass  # gone meanwhile
+    return out
+
+
+def _descendants(pid: int) -> List[int]:
+    """Every process below `pid` (from /proc/PID/task/TID/children)."""
+    out: List[int] = []
+    todo = [pid]
+    while todo and len(out) < 10_000:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir("/proc/%d/task" % parent)
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open("/proc/%d/task/%s/children" % (parent, tid)) as fh:
+                    kids = [int(x) for x in fh.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
 class DaemonProcess:
     """``python -m themis_daemon serve --host 127.0.0.1 --port 0`` as a child process.
 
@@ -107,13 +141,10 @@ class DaemonProcess:
             return ""
 
     def status(self) -> Dict[str, int]:
-        """VmRSS and VmHWM (kB) and Threads from /proc/PID/status: the daemon's own memory."""
-        out = {}
-        with open("/proc/%d/status" % self.pid) as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "Threads"):
-                    out[key] = int(rest.split()[0])
+        """VmRSS and VmHWM (kB) and Threads from /proc/PID/status: the daemon's own memory;
+        TreeRSS (kB): VmRSS of the daemon and every process it started (its worker processes)."""
+        out = _proc_status(self.pid)
+        out["TreeRSS"] = sum(_proc_status(pid).get("VmRSS", 0) for pid in _descendants(self.pid)) + out.get("VmRSS", 0)
         return out
 
     def stop(self) -> None:

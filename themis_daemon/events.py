@@ -134,7 +134,7 @@ async def _poll(settings: Any, name: str) -> int:
     from .storage import open_configured
     from .web.ws import Hub
 
-    store = open_configured(settings.storage)
+    store = open_configured(settings.storage, serves_details=False)  # it never builds a detail
     server = EventServer(settings.websocket.replay_buffer)
     hub = Hub(settings.websocket)
     if not store.positional:

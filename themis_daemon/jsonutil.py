@@ -11,6 +11,22 @@ from typing import Any, Union
 import orjson
 
 
+class Encoded:
+    """JSON encoded already (the samples of a big detail, encoded by the worker processes that
+    built them), spliced into a body as it is."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+def _encoded(obj: Any) -> Any:
+    if isinstance(obj, Encoded):
+        return orjson.Fragment(obj.data)
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
 class InvalidJSON(ValueError):
     """A client's document is not strict JSON; the message says where and why, safe to show."""
 
@@ -87,7 +103,7 @@ def dumpb(obj: Any) -> bytes:
     # bodies (a 10,000-sample detail); text it refuses (lone surrogates from undecodable file
     # names), integers beyond 64 bits and unknown types take the careful path.
     try:
-        return orjson.dumps(obj, option=_FAST)
+        return orjson.dumps(obj, default=_encoded, option=_FAST)
     except (orjson.JSONEncodeError, TypeError):
         pass
     text = _text(obj)
@@ -103,9 +119,12 @@ def dumpb_sliced(obj: dict, key: str, size: int = 256) -> bytes:
     The encoder holds the GIL for a whole call: one call for a detail of thousands of samples
     kept every other thread, the event loop's included, waiting for tens of milliseconds."""
     items = obj.get(key)
-    if not isinstance(items, list) or len(items) <= size:
+    if isinstance(items, Encoded):
+        encoded = items.data
+    elif not isinstance(items, list) or len(items) <= size:
         return dumpb(obj)
+    else:
+        encoded = b"[" + b",".join(dumpb(items[i:i + size])[1:-1] for i in range(0, len(items), size)) + b"]"
     token = "slot-" + secrets.token_hex(16)
     head = dumpb({**obj, key: token})
-    parts = [dumpb(items[i:i + size])[1:-1] for i in range(0, len(items), size)]
-    return head.replace(b'"' + token.encode() + b'"', b"[" + b",".join(parts) + b"]", 1)
+    return head.replace(b'"' + token.encode() + b'"', encoded, 1)

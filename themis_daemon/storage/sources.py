@@ -122,9 +122,10 @@ def default_name(spec: str) -> str:
 def open_source(spec: str, name: Optional[str] = None, *, password_file: Optional[str] = None,
                 clock: Callable[[], float] = time.time, validate: bool = True,
                 cache_dir: Optional[str] = None, max_line_bytes: Optional[int] = None,
-                extra_roots: Sequence[str] = ()) -> Any:
+                extra_roots: Sequence[str] = (), serves_details: bool = True) -> Any:
     """A source for one configured path or URL; raises NotAStore (one line) if it is none.
-    `cache_dir`: where a Themis 1.x store keeps its per-run state across restarts."""
+    `cache_dir`: where a Themis 1.x store keeps its per-run state across restarts.
+    `serves_details`: False for a process that only watches (no detail worker processes)."""
     kind = detect(spec)
     name = name or default_name(spec)
     if kind == "themis1":
@@ -142,7 +143,7 @@ def open_source(spec: str, name: Optional[str] = None, *, password_file: Optiona
     reader = make_reader(kind, spec, **options)
     if validate:
         reader.validate()
-    return Themis4Source(reader, name, clock=clock)
+    return Themis4Source(reader, name, clock=clock, detail_workers=None if serves_details else 0)
 
 
 class Sources:
@@ -321,9 +322,14 @@ class Sources:
         return self._summary_of(self._owner(run_id), run_id)
 
     def detail_versioned(self, run_id: str, offset: int = 0, limit: Optional[int] = None,
-                         include_pending: bool = False):
+                         include_pending: bool = False, encoded: bool = False):
+        """`encoded`: the caller encodes the detail with `jsonutil`, so its samples may come
+        as one `jsonutil.Encoded`."""
         source = self._owner(run_id)
-        detail, version = source.detail_versioned(run_id, offset, limit, include_pending)
+        if encoded and getattr(source, "format", None) == "themis-v4":
+            detail, version = source.detail_versioned(run_id, offset, limit, include_pending, encoded=True)
+        else:
+            detail, version = source.detail_versioned(run_id, offset, limit, include_pending)
         if "format" not in detail:
             detail.update(native_status=None, format="themis-v1", source=source.name)
         return detail, version
@@ -390,17 +396,18 @@ def sane_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
     return summary
 
 
-def open_configured(storage: Any) -> Sources:
+def open_configured(storage: Any, serves_details: bool = True) -> Sources:
     """The sources a `storage` settings section names, opened as the daemon serves them (the
     web workers and the event poller alike)."""
     return open_sources(storage.specs(), password_file=storage.password_file,
                         cache_dir=storage.resolved_cache_dir(), max_line_bytes=storage.max_line_bytes,
-                        extra_roots=storage.extra_roots)
+                        extra_roots=storage.extra_roots, serves_details=serves_details)
 
 
 def open_sources(specs: Sequence[Union[str, Dict[str, Any]]], *, password_file: Optional[str] = None,
                  clock: Callable[[], float] = time.time, cache_dir: Optional[str] = None,
-                 max_line_bytes: Optional[int] = None, extra_roots: Sequence[str] = ()) -> Sources:
+                 max_line_bytes: Optional[int] = None, extra_roots: Sequence[str] = (),
+                 serves_details: bool = True) -> Sources:
     """Open every configured source; the first that is not a store raises NotAStore."""
     out = []
     names: Dict[str, int] = {}
@@ -412,7 +419,8 @@ def open_sources(specs: Sequence[Union[str, Dict[str, Any]]], *, password_file: 
         else:
             location, name, pw = spec, None, password_file
         source = open_source(str(location), name, password_file=pw, clock=clock, cache_dir=cache_dir,
-                             max_line_bytes=max_line_bytes, extra_roots=extra_roots)
+                             max_line_bytes=max_line_bytes, extra_roots=extra_roots,
+                             serves_details=serves_details)
         count = names.get(source.name, 0)
         names[source.name] = count + 1
         if count:

@@ -151,7 +151,7 @@ class RunHandler(CachedBodyMixin, BaseHandler):
         await self.send_cached(*hit)
 
     def _render(self, run_id: str, stalled: bool, page: Tuple[int, Optional[int], bool]) -> Tuple[bytes, str, int]:
-        detail, version = self.daemon.store.detail_versioned(run_id, *page)
+        detail, version = self.daemon.store.detail_versioned(run_id, *page, encoded=True)
         detail["stalled"] = stalled
         body = jsonutil.dumpb_sliced(detail, "samples")
         return body, _etag(body), version  # hashing megabytes is no work for the loop either

@@ -475,6 +475,36 @@ class RunFold:
         return item
 
 
+class PageFold:
+    """The part of a run's fold that building some detail samples needs (those cases, the
+    metrics, the prompt spec): what a worker process receives to build a share of a big page.
+    Its cases travel as plain tuples, which pickle several times faster than objects."""
+
+    __slots__ = ("cases", "metric_ids", "prompt_spec")
+
+    def __init__(self, fold: "RunFold", case_ids: List[str]):
+        cases = fold.cases
+        self.cases = {cid: cases[cid] for cid in case_ids if cid in cases}
+        self.metric_ids = fold.metric_ids
+        self.prompt_spec = fold.prompt_spec
+
+    def __reduce__(self):
+        return (_page_fold, (list(self.cases), list(map(_CASE_STATE, self.cases.values())),
+                             self.metric_ids, self.prompt_spec))
+
+    sample = RunFold.sample
+    positions_for = RunFold.positions_for
+    detail_positions = RunFold.detail_positions
+
+
+def _page_fold(keys: List[str], states: List[tuple], metric_ids: Any, prompt_spec: Any) -> PageFold:
+    page = PageFold.__new__(PageFold)
+    page.cases = dict(zip(keys, map(_case_from_state, states)))
+    page.metric_ids = metric_ids
+    page.prompt_spec = prompt_spec
+    return page
+
+
 def generations(case: Case) -> Dict[int, int]:
     """{candidate index: position of its generation_completed} of a case."""
     gen = case.gen

@@ -6,6 +6,7 @@ serves summaries, details and scores through the same interface as the Themis 1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -14,13 +15,15 @@ import queue
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import orjson
 
+from ...jsonutil import Encoded
 from ..base import RefreshResult, RunNotFound, bulk_allocation
-from .fold import RunFold, describe_snapshot, summary_fields
+from .fold import PageFold, RunFold, describe_snapshot, summary_fields
 from .reader import EventReader, NoExtraction, Unavailable
 
 log = logging.getLogger("themis_daemon.storage")
@@ -248,7 +251,103 @@ def _scan_part(kind: str, location: str, options: Dict[str, Any], mark: Any, par
         reader.close()
 
 
+def build_samples(reader: EventReader, run_id: str, fold: Any, page: List[str], pending: List[bool],
+                  dataset: Optional[Dict[str, Any]], lock: Any, include_pending: bool = False) -> List[Dict[str, Any]]:
+    """Detail samples of these cases of a run: the events they need are read through `reader`
+    (under `lock`, which guards its connection) and decoded while the next batch is read.
+    Runs in this process or in a detail worker, whose reader is its own."""
+    positions = fold.positions_for(page) if page else []
+    events: Dict[int, Any] = {}
+    extracted = True
+    with lock, bulk_allocation():
+        try:
+            for batch in _prefetched(reader.output_batches(run_id, positions)) if positions else ():
+                for pos, (output, conversation) in batch.items():
+                    events[pos] = {"result": {"final_output": _json_or_none(output),
+                                              "conversation": _json_or_none(conversation)}}
+        except NoExtraction:
+            extracted = False
+    if not extracted:
+        events = {}
+        with bulk_allocation():
+            with lock:
+                raw = reader.fetch(run_id, positions)
+            for pos, data in raw.items():
+                try:
+                    events[pos] = decode(data)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+    with bulk_allocation():  # 10,000 samples' dicts must not set off collections of the whole state
+        samples = [fold.sample(cid, events, pending=p, dataset=dataset) for cid, p in zip(page, pending)]
+    if include_pending:
+        for item in samples:
+            item.setdefault("pending", False)
+    details = _score_details(reader, run_id, fold, page, lock)
+    if details:
+        for item in samples:
+            got = details.get(item["id"])
+            if got:
+                item["details"] = {m: d for m, d in got.items() if m in item["scores"]}
+    return samples
+
+
+def _score_details(reader: EventReader, run_id: str, fold: Any, page: List[str], lock: Any) -> Dict[str, Dict[str, Any]]:
+    """Per case, per metric, the `details` its score_completed stored (only metrics that
+    stored some are looked up)."""
+    wanted = fold.detail_positions(page) if page else {}
+    if not wanted:
+        return {}
+    with lock:
+        raw = reader.fetch(run_id, list(wanted))
+    out: Dict[str, Dict[str, Any]] = {}
+    for pos, data in raw.items():
+        try:
+            event = decode(data)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        score = event.get("score") if isinstance(event, dict) else None
+        det = score.get("details") if isinstance(score, dict) else None
+        if isinstance(det, dict) and det and pos in wanted:
+            case_id, metric = wanted[pos]
+            out.setdefault(case_id, {})[metric] = det
+    return out
+
+
+def _warm_detail_worker() -> int:
+    """Run once in each new detail worker: the imports a share of a page needs, done ahead."""
+    from . import readers, sqlite  # noqa: F401
+    from ... import jsonutil  # noqa: F401
+
+    return os.getpid()
+
+
+def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str, fold: Any,
+                 page: List[str], pending: List[bool], dataset: Optional[Dict[str, Any]],
+                 include_pending: bool) -> bytes:
+    """A share of a big detail page, built and encoded in a worker process (module level:
+    picklable); the page's owner splices the encoded shares into one body."""
+    from ... import jsonutil
+    from .readers import make_reader
+
+    reader = make_reader(kind, location, **options)
+    try:
+        samples = build_samples(reader, run_id, fold, page, pending, dataset, contextlib.nullcontext(),
+                                include_pending)
+    finally:
+        reader.close()
+    return jsonutil.dumpb(samples)
+
+
+def _dataset_share(dataset: Optional[Dict[str, Any]], page: List[str]) -> Optional[Dict[str, Any]]:
+    if dataset is None:
+        return None
+    refs, inputs = dataset.get("references") or {}, dataset.get("inputs") or {}
+    return {"references": {c: refs[c] for c in page if c in refs},
+            "inputs": {c: inputs[c] for c in page if c in inputs}}
+
+
 PARALLEL_MIN_EVENTS = 200_000  # below this, starting worker processes costs more than it saves
+DETAIL_PARALLEL_MIN = 2_000    # cases in a detail page from which worker processes build it
 
 
 class Themis4Source:
@@ -257,9 +356,16 @@ class Themis4Source:
     format = "themis-v4"
 
     def __init__(self, reader: EventReader, name: Optional[str] = None, *,
-                 clock: Callable[[], float] = time.time, scan_workers: Optional[int] = None):
+                 clock: Callable[[], float] = time.time, scan_workers: Optional[int] = None,
+                 detail_workers: Optional[int] = None):
         self.reader = reader
         self.scan_workers = scan_workers if scan_workers is not None else (os.cpu_count() or 1)
+        # Big detail pages are built by this many worker processes (0: here), started once a
+        # run is that big: decoding thousands of events holds the GIL the event loop needs.
+        self.detail_workers = detail_workers if detail_workers is not None else min(2, os.cpu_count() or 1)
+        self._detail_pool: Optional[ProcessPoolExecutor] = None
+        self._big_run_seen = False
+        self._detail_pool_lock = threading.Lock()
         self.name = name or reader.describe()
         self.root = reader.describe()
         self.clock = clock
@@ -316,6 +422,8 @@ class Themis4Source:
         res.changed += [run_id for run_id in self._runs if run_id not in listed]
 
     def _refresh(self, res: RefreshResult) -> None:
+        if self._big_run_seen and self._detail_pool is None and self.scanned:
+            self._detail_pool_started()  # a refresh after the one that found it: the first list is out
         if not self.scanned and self._cold_scan(res):
             return
         with self._lock:
@@ -387,6 +495,7 @@ class Themis4Source:
         with self._lock:
             reader.adopt(mark, {r: run.fold.last_pos for r, run in runs.items() if run.fold.last_pos is not None})
         self._commit(runs, {}, res)  # folded and summarised in the workers already
+        self._note_big_runs(runs.values())
         self.scanned = True
         return True
 
@@ -411,6 +520,7 @@ class Themis4Source:
                                      "final": run.fold.final_pos or 0}
         for run in touched.values():
             run.summary()  # built here, off the event loop
+        self._note_big_runs(touched.values())
         if res.added or res.removed or res.changed:
             self.generation += 1
         self._runs = runs
@@ -441,7 +551,9 @@ class Themis4Source:
         return self.get(run_id).summary()
 
     def detail_versioned(self, run_id: str, offset: int = 0, limit: Optional[int] = None,
-                         include_pending: bool = False):
+                         include_pending: bool = False, encoded: bool = False):
+        """A run's detail page and the version it shows. `encoded`: the samples may come as one
+        `jsonutil.Encoded` (a big page's shares, encoded by the workers that built them)."""
         run = self.get(run_id)
         version = run.version
         fold = run.fold
@@ -449,11 +561,12 @@ class Themis4Source:
         scored = len(fold.sample_order(False)) if include_pending else len(order)
         stop = None if limit is None else offset + limit
         page = order[offset:stop]
-        samples = self._samples(run, page, range(offset, offset + len(page)) if include_pending else (),
-                                scored)
-        if include_pending:
-            for item in samples:
-                item.setdefault("pending", False)
+        pending = [offset + k >= scored for k in range(len(page))] if include_pending else [False] * len(page)
+        samples: Any = None
+        if encoded and len(page) >= DETAIL_PARALLEL_MIN:
+            samples = self._samples_in_workers(run, page, pending, include_pending)
+        if samples is None:
+            samples = self._samples(run, page, pending, include_pending)
         out = dict(run.summary())
         out["samples"] = samples
         out["samples_total"] = len(order)
@@ -477,68 +590,71 @@ class Themis4Source:
         """Detail samples for these case ids (unknown ids are skipped), in the order given."""
         run = self.get(run_id)
         cases = run.fold.cases
-        return self._samples(run, [i for i in ids if i in cases], (), 0)
+        page = [i for i in ids if i in cases]
+        return self._samples(run, page, [False] * len(page), False)
 
-    def _samples(self, run: V4Run, page: List[str], indexes, scored: int) -> List[Dict[str, Any]]:
-        """Detail samples of these cases; `indexes` (positions in the pending-inclusive order)
-        mark those at or past `scored` as pending."""
-        run_id = run.run_id
-        fold = run.fold
-        positions = fold.positions_for(page) if page else []
-        events: Dict[int, Any] = {}
-        extracted = True
-        with self._lock, bulk_allocation():
-            try:
-                for batch in _prefetched(self.reader.output_batches(run_id, positions)) if positions else ():
-                    for pos, (output, conversation) in batch.items():
-                        events[pos] = {"result": {"final_output": _json_or_none(output),
-                                                  "conversation": _json_or_none(conversation)}}
-            except NoExtraction:
-                extracted = False
-        if not extracted:
-            events = {}
-            with bulk_allocation():
-                with self._lock:
-                    raw = self.reader.fetch(run_id, positions)
-                for pos, data in raw.items():
-                    try:
-                        events[pos] = decode(data)
-                    except (ValueError, UnicodeDecodeError):
-                        continue
+    def _samples(self, run: V4Run, page: List[str], pending: List[bool], include_pending: bool) -> List[Dict[str, Any]]:
         dataset = self._dataset(run) if page else None
-        pending = [False] * len(page)
-        for k, index in enumerate(indexes):
-            pending[k] = index >= scored
-        with bulk_allocation():  # 10,000 samples' dicts must not set off collections of the whole state
-            samples = [fold.sample(cid, events, pending=p, dataset=dataset) for cid, p in zip(page, pending)]
-        details = self._score_details(run_id, fold, page)
-        if details:
-            for item in samples:
-                got = details.get(item["id"])
-                if got:
-                    item["details"] = {m: d for m, d in got.items() if m in item["scores"]}
-        return samples
+        return build_samples(self.reader, run.run_id, run.fold, page, pending, dataset, self._lock, include_pending)
 
-    def _score_details(self, run_id: str, fold: Any, page: List[str]) -> Dict[str, Dict[str, Any]]:
-        """Per case, per metric, the `details` its score_completed stored (only metrics that
-        stored some are looked up)."""
-        wanted = fold.detail_positions(page) if page else {}
-        if not wanted:
-            return {}
-        with self._lock:
-            raw = self.reader.fetch(run_id, list(wanted))
-        out: Dict[str, Dict[str, Any]] = {}
-        for pos, data in raw.items():
-            try:
-                event = decode(data)
-            except (ValueError, UnicodeDecodeError):
-                continue
-            score = event.get("score") if isinstance(event, dict) else None
-            det = score.get("details") if isinstance(score, dict) else None
-            if isinstance(det, dict) and det and pos in wanted:
-                case_id, metric = wanted[pos]
-                out.setdefault(case_id, {})[metric] = det
-        return out
+    # ------------------------------------------------------------------ detail workers
+
+    def _note_big_runs(self, runs: Any) -> None:
+        """Remember that some run is big enough for the detail workers: they are started by the
+        next refresh, ahead of the first big page (and after the first list is out)."""
+        if self.detail_workers >= 2 and not self._big_run_seen:
+            self._big_run_seen = any((run.summary().get("expected_samples") or 0) >= DETAIL_PARALLEL_MIN
+                                     for run in runs)
+
+    def _detail_pool_started(self) -> Optional[ProcessPoolExecutor]:
+        with self._detail_pool_lock:
+            if self._detail_pool is None and self.detail_workers >= 2:
+                try:
+                    ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
+                    pool = ProcessPoolExecutor(self.detail_workers, mp_context=ctx)
+                    for _ in range(self.detail_workers):
+                        pool.submit(_warm_detail_worker)
+                except (OSError, RuntimeError) as exc:
+                    log.warning("store %s: detail workers unavailable (%s); details are built in this process",
+                                self.name, exc)
+                    self.detail_workers = 0
+                    return None
+                self._detail_pool = pool
+            return self._detail_pool
+
+    def _samples_in_workers(self, run: V4Run, page: List[str], pending: List[bool], include_pending: bool) -> Any:
+        """A big page built in shares by the detail workers, as one encoded fragment; None when
+        the workers cannot do it (then this process builds it)."""
+        pool = self._detail_pool_started()
+        if pool is None:
+            return None
+        dataset = self._dataset(run)
+        fold = run.fold
+        parts = self.detail_workers
+        size = -(-len(page) // parts)
+        options = self.reader.options()
+        futures = []
+        try:
+            for start in range(0, len(page), size):
+                share = page[start:start + size]
+                futures.append(pool.submit(_detail_part, self.reader.kind, self.reader.location, options,
+                                           run.run_id, PageFold(fold, share), share, pending[start:start + size],
+                                           _dataset_share(dataset, share), include_pending))
+            bodies = [f.result() for f in futures]
+        except (BrokenProcessPool, OSError, RuntimeError, EOFError) as exc:
+            for f in futures:
+                f.cancel()
+            log.warning("store %s: a detail worker failed (%s); building details in this process", self.name, exc)
+            self._stop_detail_pool()
+            return None
+        inner = b",".join(b[1:-1] for b in bodies if len(b) > 2)
+        return Encoded(b"[" + inner + b"]")
+
+    def _stop_detail_pool(self) -> None:
+        with self._detail_pool_lock:
+            pool, self._detail_pool = self._detail_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _dataset(self, run: V4Run) -> Optional[Dict[str, Any]]:
         """References and inputs of a run's dataset, read from its snapshot on demand; a few
@@ -566,5 +682,6 @@ class Themis4Source:
         return self.get(run_id).fold.paired_scores()
 
     def close(self) -> None:
+        self._stop_detail_pool()
         with self._lock:
             self.reader.close()

@@ -1,0 +1,90 @@
+"""Big Themis 4 detail pages built by worker processes give the same bytes as this process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pytest
+
+from themis_daemon import jsonutil
+from themis_daemon.demo.themis4 import SqliteSink, Themis4Writer, make_arith_cases
+from themis_daemon.storage import open_sources
+from themis_daemon.storage.themis4 import source as source_mod
+
+from conftest import DATA
+
+
+@pytest.fixture(params=("sqlite", "jsonl", "postgres"))
+def spec(request, tmp_path):
+    """A real Themis 4 fixture store of each backend (for SQLite, with a bigger run added)."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "themis.sqlite3")
+        shutil.copyfile(os.path.join(DATA, "themis-v4", "sqlite", "themis.sqlite3"), path)
+        with Themis4Writer(SqliteSink(path)) as writer:
+            writer.bulk_run(model="big", dataset_id="arith-big", cases=make_arith_cases(300), outcome="running",
+                            fail_generation={"q003": "provider error 500"})
+        return path
+    if request.param == "jsonl":
+        root = str(tmp_path / "store")
+        shutil.copytree(os.path.join(DATA, "themis-v4", "jsonl", "store"), root)
+        return root
+    return str(request.getfixturevalue("pg_fixture_db"))
+
+
+def bodies(sources, run_id, **page):
+    here, _ = sources.detail_versioned(run_id, **page)
+    there, _ = sources.detail_versioned(run_id, encoded=True, **page)
+    return jsonutil.dumpb_sliced(here, "samples"), jsonutil.dumpb_sliced(there, "samples"), there["samples"]
+
+
+def test_detail_pages_built_by_workers_equal_this_process(spec, monkeypatch):
+    monkeypatch.setattr(source_mod, "DETAIL_PARALLEL_MIN", 1)
+    sources = open_sources([spec])
+    try:
+        sources.refresh()
+        source = sources.sources[0]
+        assert source.detail_workers == min(2, os.cpu_count() or 1)
+        if source.detail_workers < 2:
+            pytest.skip("one CPU: details are always built in this process")
+        run_ids = sources.run_ids()
+        assert len(run_ids) >= 10
+        shown = 0
+        for run_id in run_ids:
+            for page in ({}, {"include_pending": True}, {"offset": 1, "limit": 3}):
+                here, there, samples = bodies(sources, run_id, **page)
+                assert here == there, (run_id, page)
+                if isinstance(samples, jsonutil.Encoded):
+                    shown += 1
+        assert shown >= 10  # the worker processes built most pages (all those with samples)
+        assert source._detail_pool is not None
+    finally:
+        sources.close()
+    assert source._detail_pool is None  # closing the source stops its workers
+
+
+def test_a_killed_detail_worker_is_replaced_and_no_page_is_lost(tmp_path, monkeypatch):
+    path = str(tmp_path / "themis.sqlite3")
+    shutil.copyfile(os.path.join(DATA, "themis-v4", "sqlite", "themis.sqlite3"), path)
+    monkeypatch.setattr(source_mod, "DETAIL_PARALLEL_MIN", 1)
+    sources = open_sources([path])
+    try:
+        sources.refresh()
+        source = sources.sources[0]
+        if source.detail_workers < 2:
+            pytest.skip("one CPU: details are always built in this process")
+        run_id = max(sources.summaries(), key=lambda s: s.get("num_samples") or 0)["run_id"]
+        expected, first, _ = bodies(sources, run_id)
+        assert first == expected
+        pool = source._detail_pool
+        for proc in list(pool._processes.values()):
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(30)
+        again, _ = sources.detail_versioned(run_id, encoded=True)
+        assert jsonutil.dumpb_sliced(again, "samples") == expected  # built here while the pool was broken
+        here, there, samples = bodies(sources, run_id)
+        assert there == expected and isinstance(samples, jsonutil.Encoded)
+        assert source._detail_pool is not None and source._detail_pool is not pool
+    finally:
+        sources.close()
