@@ -218,11 +218,16 @@ class Monitor:
             self._inflight = asyncio.ensure_future(chained())
         return self._inflight
 
+    def is_fresh(self) -> bool:
+        """Whether the state is recent enough to answer from without waiting for a refresh."""
+        last = self._last_ok
+        return last is not None and self.clock() - last <= max(self.poll_interval * 2, 0.05)
+
     async def ensure_fresh(self) -> None:
         """Wait for a refresh if the cached state is older than one poll interval; once a first
         scan is done, never longer than `stuck_after` (then the last known state is served)."""
         last = self._last_ok
-        if last is None or self.clock() - last > max(self.poll_interval * 2, 0.05):
+        if not self.is_fresh():
             pending = self.refresh()
             if last is None:
                 await pending

@@ -21,6 +21,7 @@ from ..monitor import Monitor
 from ..storage import Sources, open_configured
 from . import health, metrics, runs
 from .base import NotFoundHandler, Tickets, problem
+from .replay import ReplayDelegate, Replays
 
 log = logging.getLogger("themis_daemon")
 
@@ -110,6 +111,7 @@ class Daemon:
         # A removed run's cached bodies can never be asked for again.
         self.monitor.listeners.append(lambda result: [self.cache.drop_group(("run", r)) for r in result.removed])
         self.api_keys: List[str] = settings.api_keys()
+        self.settings_version = 0  # bumps with every reload (answers recorded before are void)
         self.tickets = Tickets()
         self._started = False
         # Set once a stop begins: long jobs (comparisons) check it and give up.
@@ -130,6 +132,7 @@ class Daemon:
                         "who can reach this daemon")
         self.api_keys = keys
         self.settings = settings
+        self.settings_version += 1
         if self.hub is not None:
             self.hub.settings = settings.websocket
         if settings.monitor.poll_interval != self.monitor.poll_interval:
@@ -208,6 +211,13 @@ class ThemisApplication(tornado.web.Application):
     def start_request(self, server_conn: object, request_conn: tornado.httputil.HTTPConnection):
         return _BodyLimit(super().start_request(server_conn, request_conn), request_conn, self)
 
+    def find_handler(self, request: tornado.httputil.HTTPServerRequest, **kwargs: Any):
+        daemon = self.settings["daemon"]
+        hit = daemon.replays.lookup(request)
+        if hit is not None:
+            return ReplayDelegate(daemon.replays, hit, request, daemon.metrics.access)
+        return super().find_handler(request, **kwargs)
+
 
 def create_app(storage_path: Optional[str] = None, *, store: Optional[Any] = None,
                executor: Optional[ThreadPoolExecutor] = None, clock: Optional[Callable[[], float]] = None,
@@ -220,6 +230,7 @@ def create_app(storage_path: Optional[str] = None, *, store: Optional[Any] = Non
     hub = Hub(conf.websocket)
     daemon = Daemon(conf, store=store, executor=executor, hub=hub, clock=clock)
     daemon.metrics = metrics.Metrics(daemon)
+    daemon.replays = Replays(daemon, {"RunsHandler": lambda: runs.RunsHandler.current_token(daemon)})
     handlers: List[Tuple] = []
     for module in route_modules():
         handlers.extend(module.default_handlers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -99,6 +99,14 @@ class Metrics:
         method = handler.request.method if handler.request.method in STANDARD_METHODS else "other"
         self.requests.labels(name, method, str(status)).inc()  # bounded label values
         self.latency.labels(name).observe(duration)
+        self.access(name, status, handler.request, duration, request_id(handler))
+
+    def counters_for(self, name: str, method: str, status: int) -> Tuple[Any, Any]:
+        """The request counter and latency histogram of one handler, method and status."""
+        return self.requests.labels(name, method, str(status)), self.latency.labels(name)
+
+    def access(self, name: str, status: int, request: Any, duration: float, rid: str) -> None:
+        """The access log line of one answered request (the counters are the caller's)."""
         if status < 400:
             if (status < 300 or status == 304) and name in QUIET_HANDLERS and \
                     self.daemon.settings.logging.access_log != "all":
@@ -113,8 +121,8 @@ class Metrics:
             log = access_log.warning
         else:
             log = access_log.error
-        log("%d %s %s (%s) %.2fms rid=%s", status, handler.request.method, redact_uri(handler.request.uri),
-            handler.request.remote_ip, duration * 1000, request_id(handler))
+        log("%d %s %s (%s) %.2fms rid=%s", status, request.method, redact_uri(request.uri),
+            request.remote_ip, duration * 1000, rid)
 
 
 _SECRET_PARAMS = re.compile(r"([?&](?:token|ticket|api_key|apikey|key|password)=)[^&#]*", re.IGNORECASE)

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import jsonutil
 from ..storage import STATUSES, RunNotFound, Unavailable
 from .base import ApiError, BaseHandler
+from .replay import Recorder, Recording
 
 SORT_KEYS = ("created_at", "updated_at", "completed_at", "run_id", "experiment_id", "status",
              "progress", "num_samples")
@@ -61,6 +62,7 @@ class CachedBodyMixin:
 
     async def send_cached(self, body: bytes, etag: str) -> None:
         self._etag = etag
+        self._record_for_replay()
         if len(body) >= GZIP_MIN and "gzip" in self.request.headers.get("Accept-Encoding", "") \
                 and self.request.headers.get("If-None-Match") != etag:
             packed = _Compressed.get(etag)
@@ -75,6 +77,24 @@ class CachedBodyMixin:
 
     def compute_etag(self) -> Optional[str]:
         return self._etag or super().compute_etag()
+
+    # The state a handler's answer showed, when its answer may be replayed (see replay.py).
+    replay_token: Any = None
+
+    def _record_for_replay(self) -> None:
+        token, replays = self.replay_token, getattr(self.daemon, "replays", None)
+        if token is None or replays is None or self.request.method != "GET":
+            return
+        request, name, metrics = self.request, type(self).__name__, self.daemon.metrics
+
+        def done(rec: Recorder) -> None:
+            code = rec.start_line.code if rec.start_line is not None else 0
+            if code in (200, 304) and code == self.get_status():
+                counter, latency = metrics.counters_for(name, "GET", code)
+                replays.record(request, Recording(rec.start_line, rec.headers, b"".join(rec.chunks), token,
+                                                  name, counter, latency))
+
+        request.connection = Recorder(request.connection, done)
 
 
 def _etag(body: bytes) -> str:
@@ -93,6 +113,7 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
         offset = self.query_int("offset", 0, 0)
         await self.daemon.monitor.ensure_fresh()
         monitor = self.daemon.monitor
+        token = self.current_token(self.daemon)
         key = ("runs", monitor.generation, monitor.stall_generation, statuses, experiment, sort, limit, offset)
         hit = self.daemon.cache.get(key)
         if hit is None:
@@ -110,7 +131,17 @@ class RunsHandler(CachedBodyMixin, BaseHandler):
             self.daemon.cache.put(key, hit, group="runs", version=key[1:3])
         body, etag, total = hit
         self.set_header("X-Total-Count", str(total))
+        self.replay_token = token
         await self.send_cached(body, etag)
+
+    @staticmethod
+    def current_token(daemon: Any) -> Any:
+        """What a list answer depends on besides the request: the store's state (while it is
+        fresh enough to answer without a refresh) and the settings."""
+        monitor = daemon.monitor
+        if not monitor.is_fresh():
+            return None
+        return (monitor.generation, monitor.stall_generation, daemon.settings_version)
 
     def _statuses(self) -> Optional[Tuple[str, ...]]:
         raw = self.get_query_arguments("status")
