@@ -247,10 +247,14 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def run_wrk(port: int, path: str, duration: float, connections: int, threads: int) -> Dict[str, Any]:
+def run_wrk(port: int, path: str, duration: float, connections: int, threads: int,
+            headers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     url = "http://%s:%d%s" % (HOST, port, path)
     cmd = ["wrk", "-t%d" % threads, "-c%d" % connections, "-d%ds" % max(1, round(duration)),
-           "--timeout", "10s", "--latency", url]
+           "--timeout", "10s", "--latency"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", "%s: %s" % (name, value)]
+    cmd.append(url)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
     res: Dict[str, Any] = {"tool": "wrk (%d threads)" % threads, "raw": out}
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -308,9 +312,11 @@ async def _py_connection(port: int, request: bytes, stop_at: float, lat: List[fl
         writer.close()
 
 
-async def _py_load(port: int, path: str, duration: float, connections: int) -> Dict[str, Any]:
-    request = ("GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: bench_rest\r\nAccept: */*\r\n\r\n"
-               % (path, HOST, port)).encode()
+async def _py_load(port: int, path: str, duration: float, connections: int,
+                   headers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    extra = "".join("%s: %s\r\n" % kv for kv in (headers or {}).items())
+    request = ("GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: bench_rest\r\nAccept: */*\r\n%s\r\n"
+               % (path, HOST, port, extra)).encode()
     lat: List[float] = []
     counters = {"ok": 0, "non2xx": 0, "errors": 0}
     t0 = time.perf_counter()
@@ -334,14 +340,17 @@ async def _py_load(port: int, path: str, duration: float, connections: int) -> D
             "p90_ms": pct(90), "p99_ms": pct(99)}
 
 
-def run_python_load(port: int, path: str, duration: float, connections: int) -> Dict[str, Any]:
-    return asyncio.run(_py_load(port, path, duration, connections))
+def run_python_load(port: int, path: str, duration: float, connections: int,
+                    headers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    return asyncio.run(_py_load(port, path, duration, connections, headers))
 
 
-def run_load(kind: str, port: int, path: str, duration: float, connections: int, threads: int) -> Dict[str, Any]:
+def run_load(kind: str, port: int, path: str, duration: float, connections: int, threads: int,
+             headers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """`headers`: extra request headers (e.g. Accept-Encoding: gzip, as browsers send)."""
     if kind == "wrk":
-        return run_wrk(port, path, duration, connections, threads)
-    return run_python_load(port, path, duration, connections)
+        return run_wrk(port, path, duration, connections, threads, headers)
+    return run_python_load(port, path, duration, connections, headers)
 
 
 # --------------------------------------------------------------------------- report
