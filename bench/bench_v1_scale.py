@@ -237,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--load", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python")
     p.add_argument("--skip-stall", action="store_true")
     p.add_argument("--from-disk", action="store_true",
-                   help="do not read the store into the page cache before the cold start (then the disk's speed is measured too)")
+                   help="do not read the stores into the page cache before the cold start (then the disk's speed is measured too)")
     args = p.parse_args(argv)
     store = args.store or HERE / "out" / ("scale-%dx%d" % (args.runs, args.samples))
     big = args.big_store or HERE / "out" / "scale-2x10000"
@@ -250,11 +250,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         # A daemon (re)started next to a Themis that writes the store finds it in the page cache;
         # this machine's memory manager evicts idle files within minutes, so read it once.
         t0 = time.perf_counter()
-        for f in store.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    while fh.read(1 << 20):
-                        pass
+        for root in [store] + ([big] if big_ids else []):
+            for f in root.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        while fh.read(1 << 20):
+                            pass
         res["page_cache_s"] = time.perf_counter() - t0
         log("store read into the page cache in %.2f s" % res["page_cache_s"])
     cache = tempfile.mkdtemp(prefix="bench-v1-cache-")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
-import importlib
 import logging
 import os
 import shutil
@@ -352,12 +351,9 @@ async def _serve(settings: Settings, sockets: List[socket.socket], *, reload: bo
             systemd.notify("EXTEND_TIMEOUT_USEC=30000000")
     if first_scan.done() and first_scan.exception() is not None:
         log.error("%sfirst storage scan failed: %s", who, first_scan.exception())
-    # The statistics stack takes seconds to import: load it now, off the loop, rather than
-    # inside the first comparison (a daemon thread: a stop neither waits for it nor counts it
-    # as abandoned work).
-    from .web.compare import STATS
-
-    threading.Thread(target=importlib.import_module, args=(STATS,), name="themis-preload", daemon=True).start()
+    # The statistics stack takes seconds to load: its process loads it now, rather than inside
+    # the first comparison (and never in this process).
+    daemon.stats.start()
     watchdog_task = None
     if not stop.is_set():
         systemd.notify("READY=1", f"STATUS={status_line()}")

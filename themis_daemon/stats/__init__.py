@@ -1,22 +1,33 @@
-"""Pure statistics engine (numpy + SciPy, no web framework) for comparing evaluation runs."""
+"""Pure statistics engine (numpy + SciPy, no web framework) for comparing evaluation runs.
 
-from .align import collapse_metric, sample_sort_key
-from .compare import TESTS, CompareError, compare_runs, summarize_scores
-from .correction import CORRECTION_LABELS, CORRECTIONS, adjust_pvalues
-from .paired_tests import Cancelled, newcombe_interval, run_test, sign_flip_pvalue
+The engine's modules load NumPy and SciPy (seconds of import, holding the GIL): they are loaded
+on first use of a name that needs them, so `stats.errors` and `stats.samples` stay light."""
 
-__all__ = [
-    "compare_runs",
-    "Cancelled",
-    "summarize_scores",
-    "CompareError",
-    "TESTS",
-    "CORRECTIONS",
-    "CORRECTION_LABELS",
-    "adjust_pvalues",
-    "collapse_metric",
-    "sample_sort_key",
-    "newcombe_interval",
-    "run_test",
-    "sign_flip_pvalue",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import TESTS, Cancelled, CompareError
+
+_LAZY = {
+    "compare_runs": ".compare",
+    "summarize_scores": ".compare",
+    "CORRECTIONS": ".correction",
+    "CORRECTION_LABELS": ".correction",
+    "adjust_pvalues": ".correction",
+    "collapse_metric": ".align",
+    "sample_sort_key": ".align",
+    "newcombe_interval": ".paired_tests",
+    "run_test": ".paired_tests",
+    "sign_flip_pvalue": ".paired_tests",
+}
+
+__all__ = ["Cancelled", "CompareError", "TESTS", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

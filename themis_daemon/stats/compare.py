@@ -19,6 +19,7 @@ from scipy import stats
 
 from .align import MetricSamples, align, collapse_metric, stable_mean
 from .correction import CORRECTION_LABELS, CORRECTIONS, reject
+from .errors import TESTS, CompareError
 from .paired_tests import (
     TestResult,
     cancellable,
@@ -36,20 +37,9 @@ from .paired_tests import (
     zero_tolerance,
 )
 
-TESTS = ("t_test", "bootstrap", "permutation", "none", "wilcoxon", "mcnemar", "auto")
 RESAMPLING_TESTS = ("bootstrap", "permutation")
 
 Scores = Mapping[str, Mapping[Hashable, Sequence[float]]]
-
-
-class CompareError(Exception):
-    """A client error (HTTP 4xx) detected by the engine; upstream turned all of these into 500s."""
-
-    def __init__(self, status: int, detail: str, extra: Optional[dict] = None):
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.extra = extra or {}
 
 
 def summarize_scores(scores: Scores) -> Dict[str, Optional[float]]:

@@ -42,6 +42,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 from scipy import special, stats
 
+from .errors import Cancelled
+
 # |d_i| this small relative to the pair's own scores is float noise (0.1 + 0.2 - 0.3), not a
 # difference; the same factor times the largest |score| of the row is the zero-variance threshold.
 ZERO_RTOL = 1e-12
@@ -166,10 +168,6 @@ def reconcile(lo: Optional[float], hi: Optional[float], p: float, alpha: float,
         tiny = np.nextafter(0.0, 1.0)
         return (float(tiny), hi) if estimate > 0 else (lo, -float(tiny))
     return lo, hi
-
-
-class Cancelled(Exception):
-    """The caller no longer wants the answer (its client went away, or the server stops)."""
 
 
 _job = threading.local()

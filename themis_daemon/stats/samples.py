@@ -12,7 +12,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .align import align, collapse_metric, sample_sort_key, stable_mean
-from .compare import CompareError
+from .errors import CompareError
 
 CELLS = ("a_only", "b_only", "both", "neither")
 KINDS = CELLS + ("by_delta",)

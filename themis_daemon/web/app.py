@@ -16,6 +16,7 @@ import tornado.httputil
 import tornado.web
 
 from .. import jsonutil
+from ..compute import StatsWorkers
 from ..config import Settings, settings_from_kwargs
 from ..monitor import Monitor
 from ..storage import Sources, open_configured
@@ -108,6 +109,7 @@ class Daemon:
         self.monitor = Monitor.configured(self.store, self.storage_executor, settings.monitor,
                                           publish=hub.publish if hub is not None else None, **monitor_kwargs)
         self.cache = BodyCache()
+        self.stats = StatsWorkers()  # comparisons run there (started with serving, or on first use)
         # A removed run's cached bodies can never be asked for again.
         self.monitor.listeners.append(lambda result: [self.cache.drop_group(("run", r)) for r in result.removed])
         self.api_keys: List[str] = settings.api_keys()
@@ -142,6 +144,7 @@ class Daemon:
 
     def close(self) -> None:
         self.stopping = True
+        self.stats.close()
         self.monitor.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.storage_executor.shutdown(wait=False, cancel_futures=True)

@@ -3,40 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-import sys
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import jsonutil
+from ..compute import Busy, WorkerLost
+from ..stats.errors import TESTS, Cancelled, CompareError
 from ..validation import describe
 from .base import ApiError, BaseHandler
 
 ORIGINAL_TESTS = ("t_test", "bootstrap", "permutation", "none")
 log = logging.getLogger("themis_daemon.compare")
 
-STATS = "themis_daemon.stats"
-
-
-async def load_stats(executor: Any) -> Any:
-    """The statistics package (NumPy, SciPy): importing it takes seconds, so never on the loop
-    (in the work pool, where a stop sees it as the running work it is)."""
-    module = sys.modules.get(STATS)
-    if module is None or getattr(module, "compare_runs", None) is None:  # absent, or still importing
-        module = await asyncio.get_running_loop().run_in_executor(executor, importlib.import_module, STATS)
-    return module
-
-
 class CompareHandler(BaseHandler):
     _gone: Optional[threading.Event] = None
+    _slot: Optional[int] = None
 
     def on_connection_close(self) -> None:
         # The client went away: the running job stops at its next check instead of holding a
-        # worker thread for an answer nobody will read.
+        # statistics process for an answer nobody will read.
         if self._gone is not None:
             self._gone.set()
+        if self._slot is not None:
+            self.daemon.stats.cancel(self._slot)
         super().on_connection_close()
+
+    def _queued(self, slot: int) -> None:
+        self._slot = slot
+        if self._gone is not None and self._gone.is_set():
+            self.daemon.stats.cancel(slot)
 
     def get(self) -> None:
         """The configured defaults, so a client can mark lower-is-better metrics before it compares."""
@@ -47,8 +43,6 @@ class CompareHandler(BaseHandler):
 
     async def post(self) -> None:
         self._gone = gone = threading.Event()
-        stats = await load_stats(self.daemon.executor)
-        Cancelled, CompareError, TESTS, compare_runs = stats.Cancelled, stats.CompareError, stats.TESTS, stats.compare_runs
 
         body = self.json_body()
         if not isinstance(body, dict):
@@ -89,19 +83,26 @@ class CompareHandler(BaseHandler):
         }
         daemon = self.daemon
 
-        def compute() -> Dict[str, Any]:
+        def gather() -> List[Tuple[str, Any]]:
             # Building a run's per-sample view can take a while for big runs: not on the loop.
             runs: List[Tuple[str, Any]] = []
             for r in run_ids:
                 if gone.is_set() or daemon.stopping:
                     raise Cancelled()
                 runs.append((r, store.scores(r)))
-            return compare_runs(runs, **kwargs, cancelled=lambda: gone.is_set() or daemon.stopping)
+            return runs
 
         loop = asyncio.get_running_loop()
         daemon.jobs["compare_running"] += 1
         try:
-            result = await loop.run_in_executor(daemon.executor, compute)
+            runs = await loop.run_in_executor(daemon.executor, gather)
+            if gone.is_set() or daemon.stopping:
+                raise Cancelled()
+            result = await daemon.stats.run(runs, kwargs, on_slot=self._queued)
+        except Busy:
+            raise ApiError(503, "Too many comparisons in progress; retry shortly", headers={"Retry-After": "5"}) from None
+        except WorkerLost as exc:
+            raise ApiError(503, f"The statistics process was lost ({exc}); retry", headers={"Retry-After": "1"}) from None
         except CompareError as exc:
             raise ApiError(exc.status, exc.detail, **(getattr(exc, "extra", None) or {})) from None
         except Cancelled:
