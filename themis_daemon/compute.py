@@ -29,6 +29,9 @@ _FLAGS: Any = None
 def _init(flags: Any) -> None:
     global _FLAGS
     _FLAGS = flags
+    from .storage.base import background_priority
+
+    background_priority()
 
 
 def _warm() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
@@ -26,6 +27,19 @@ class _GcPause:
     lock = threading.Lock()
     holders = 0
     resume = False
+
+
+WORKER_NICENESS = 5
+
+
+def background_priority() -> None:
+    """In a worker process (scans, big details, statistics): yield the CPU to the serving
+    process's event loop when the cores are all busy, so requests keep being routed while the
+    work goes on (the work itself loses little: the loop is idle most of the time)."""
+    try:
+        os.nice(WORKER_NICENESS)
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager

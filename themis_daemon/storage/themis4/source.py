@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import orjson
 
 from ...jsonutil import Encoded
-from ..base import RefreshResult, RunNotFound, bulk_allocation
+from ..base import RefreshResult, RunNotFound, background_priority, bulk_allocation
 from .fold import PageFold, RunFold, describe_snapshot, summary_fields
 from .reader import EventReader, NoExtraction, Unavailable
 
@@ -478,7 +478,8 @@ class Themis4Source:
         parts = self.scan_workers
         try:
             ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
-            with ProcessPoolExecutor(parts, mp_context=ctx) as pool, bulk_allocation():  # results unpickle here
+            with ProcessPoolExecutor(parts, mp_context=ctx, initializer=background_priority) as pool, \
+                    bulk_allocation():  # results unpickle here
                 futures = [pool.submit(_scan_part, reader.kind, reader.location, reader.options(), mark, i, parts)
                            for i in range(parts)]
                 results = [f.result() for f in futures]
@@ -611,7 +612,7 @@ class Themis4Source:
             if self._detail_pool is None and self.detail_workers >= 2:
                 try:
                     ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
-                    pool = ProcessPoolExecutor(self.detail_workers, mp_context=ctx)
+                    pool = ProcessPoolExecutor(self.detail_workers, mp_context=ctx, initializer=background_priority)
                     for _ in range(self.detail_workers):
                         pool.submit(_warm_detail_worker)
                 except (OSError, RuntimeError) as exc:
