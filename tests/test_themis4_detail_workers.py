@@ -40,13 +40,13 @@ def bodies(sources, run_id, **page):
 
 
 def test_detail_pages_built_by_workers_equal_this_process(spec, monkeypatch):
-    monkeypatch.setattr(source_mod, "DETAIL_PARALLEL_MIN", 1)
+    monkeypatch.setattr(source_mod, "PAGE_MIN", 1)
     sources = open_sources([spec])
     try:
         sources.refresh()
         source = sources.sources[0]
-        assert source.detail_workers == min(2, os.cpu_count() or 1)
-        if source.detail_workers < 2:
+        assert source.details.count == min(2, os.cpu_count() or 1)
+        if not source.details.enabled:
             pytest.skip("one CPU: details are always built in this process")
         run_ids = sources.run_ids()
         assert len(run_ids) >= 10
@@ -58,26 +58,26 @@ def test_detail_pages_built_by_workers_equal_this_process(spec, monkeypatch):
                 if isinstance(samples, jsonutil.Encoded):
                     shown += 1
         assert shown >= 10  # the worker processes built most pages (all those with samples)
-        assert source._detail_pool is not None
+        assert source.details.pool is not None
     finally:
         sources.close()
-    assert source._detail_pool is None  # closing the source stops its workers
+    assert source.details.pool is None  # closing the source stops its workers
 
 
 def test_a_killed_detail_worker_is_replaced_and_no_page_is_lost(tmp_path, monkeypatch):
     path = str(tmp_path / "themis.sqlite3")
     shutil.copyfile(os.path.join(DATA, "themis-v4", "sqlite", "themis.sqlite3"), path)
-    monkeypatch.setattr(source_mod, "DETAIL_PARALLEL_MIN", 1)
+    monkeypatch.setattr(source_mod, "PAGE_MIN", 1)
     sources = open_sources([path])
     try:
         sources.refresh()
         source = sources.sources[0]
-        if source.detail_workers < 2:
+        if not source.details.enabled:
             pytest.skip("one CPU: details are always built in this process")
         run_id = max(sources.summaries(), key=lambda s: s.get("num_samples") or 0)["run_id"]
         expected, first, _ = bodies(sources, run_id)
         assert first == expected
-        pool = source._detail_pool
+        pool = source.details.pool
         for proc in list(pool._processes.values()):
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(30)
@@ -85,6 +85,6 @@ def test_a_killed_detail_worker_is_replaced_and_no_page_is_lost(tmp_path, monkey
         assert jsonutil.dumpb_sliced(again, "samples") == expected  # built here while the pool was broken
         here, there, samples = bodies(sources, run_id)
         assert there == expected and isinstance(samples, jsonutil.Encoded)
-        assert source._detail_pool is not None and source._detail_pool is not pool
+        assert source.details.pool is not None and source.details.pool is not pool
     finally:
         sources.close()

@@ -15,14 +15,13 @@ import queue
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import orjson
 
-from ...jsonutil import Encoded
 from ..base import RefreshResult, RunNotFound, background_priority, bulk_allocation
+from ..workers import PAGE_MIN, DetailWorkers, split
 from .fold import PageFold, RunFold, describe_snapshot, summary_fields
 from .reader import EventReader, NoExtraction, Unavailable
 
@@ -347,7 +346,6 @@ def _dataset_share(dataset: Optional[Dict[str, Any]], page: List[str]) -> Option
 
 
 PARALLEL_MIN_EVENTS = 200_000  # below this, starting worker processes costs more than it saves
-DETAIL_PARALLEL_MIN = 2_000    # cases in a detail page from which worker processes build it
 
 
 class Themis4Source:
@@ -360,13 +358,11 @@ class Themis4Source:
                  detail_workers: Optional[int] = None):
         self.reader = reader
         self.scan_workers = scan_workers if scan_workers is not None else (os.cpu_count() or 1)
-        # Big detail pages are built by this many worker processes (0: here), started once a
-        # run is that big: decoding thousands of events holds the GIL the event loop needs.
-        self.detail_workers = detail_workers if detail_workers is not None else min(2, os.cpu_count() or 1)
-        self._detail_pool: Optional[ProcessPoolExecutor] = None
-        self._big_run_seen = False
-        self._detail_pool_lock = threading.Lock()
         self.name = name or reader.describe()
+        # Big detail pages are built by these worker processes (`detail_workers` of them, 0:
+        # here), started once a run is that big: decoding thousands of events holds the GIL.
+        self.details = DetailWorkers(self.name, detail_workers, warm=_warm_detail_worker)
+        self._big_run_seen = False
         self.root = reader.describe()
         self.clock = clock
         self._runs: Dict[str, V4Run] = {}
@@ -422,8 +418,8 @@ class Themis4Source:
         res.changed += [run_id for run_id in self._runs if run_id not in listed]
 
     def _refresh(self, res: RefreshResult) -> None:
-        if self._big_run_seen and self._detail_pool is None and self.scanned:
-            self._detail_pool_started()  # a refresh after the one that found it: the first list is out
+        if self._big_run_seen and self.details.pool is None and self.scanned:
+            self.details.start()  # a refresh after the one that found it: the first list is out
         if not self.scanned and self._cold_scan(res):
             return
         with self._lock:
@@ -564,7 +560,7 @@ class Themis4Source:
         page = order[offset:stop]
         pending = [offset + k >= scored for k in range(len(page))] if include_pending else [False] * len(page)
         samples: Any = None
-        if encoded and len(page) >= DETAIL_PARALLEL_MIN:
+        if encoded and len(page) >= PAGE_MIN and self.details.enabled:
             samples = self._samples_in_workers(run, page, pending, include_pending)
         if samples is None:
             samples = self._samples(run, page, pending, include_pending)
@@ -603,59 +599,18 @@ class Themis4Source:
     def _note_big_runs(self, runs: Any) -> None:
         """Remember that some run is big enough for the detail workers: they are started by the
         next refresh, ahead of the first big page (and after the first list is out)."""
-        if self.detail_workers >= 2 and not self._big_run_seen:
-            self._big_run_seen = any((run.summary().get("expected_samples") or 0) >= DETAIL_PARALLEL_MIN
-                                     for run in runs)
-
-    def _detail_pool_started(self) -> Optional[ProcessPoolExecutor]:
-        with self._detail_pool_lock:
-            if self._detail_pool is None and self.detail_workers >= 2:
-                try:
-                    ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
-                    pool = ProcessPoolExecutor(self.detail_workers, mp_context=ctx, initializer=background_priority)
-                    for _ in range(self.detail_workers):
-                        pool.submit(_warm_detail_worker)
-                except (OSError, RuntimeError) as exc:
-                    log.warning("store %s: detail workers unavailable (%s); details are built in this process",
-                                self.name, exc)
-                    self.detail_workers = 0
-                    return None
-                self._detail_pool = pool
-            return self._detail_pool
+        if self.details.enabled and not self._big_run_seen:
+            self._big_run_seen = any((run.summary().get("expected_samples") or 0) >= PAGE_MIN for run in runs)
 
     def _samples_in_workers(self, run: V4Run, page: List[str], pending: List[bool], include_pending: bool) -> Any:
-        """A big page built in shares by the detail workers, as one encoded fragment; None when
-        the workers cannot do it (then this process builds it)."""
-        pool = self._detail_pool_started()
-        if pool is None:
-            return None
+        """A big page built in shares by the detail workers (None: they cannot, build it here)."""
         dataset = self._dataset(run)
-        fold = run.fold
-        parts = self.detail_workers
-        size = -(-len(page) // parts)
-        options = self.reader.options()
-        futures = []
-        try:
-            for start in range(0, len(page), size):
-                share = page[start:start + size]
-                futures.append(pool.submit(_detail_part, self.reader.kind, self.reader.location, options,
-                                           run.run_id, PageFold(fold, share), share, pending[start:start + size],
-                                           _dataset_share(dataset, share), include_pending))
-            bodies = [f.result() for f in futures]
-        except (BrokenProcessPool, OSError, RuntimeError, EOFError) as exc:
-            for f in futures:
-                f.cancel()
-            log.warning("store %s: a detail worker failed (%s); building details in this process", self.name, exc)
-            self._stop_detail_pool()
-            return None
-        inner = b",".join(b[1:-1] for b in bodies if len(b) > 2)
-        return Encoded(b"[" + inner + b"]")
-
-    def _stop_detail_pool(self) -> None:
-        with self._detail_pool_lock:
-            pool, self._detail_pool = self._detail_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        reader = self.reader
+        head = (reader.kind, reader.location, reader.options(), run.run_id)
+        return self.details.build(_detail_part, [
+            head + (PageFold(run.fold, page[part]), page[part], pending[part], _dataset_share(dataset, page[part]),
+                    include_pending)
+            for part in split(page, self.details.count)])
 
     def _dataset(self, run: V4Run) -> Optional[Dict[str, Any]]:
         """References and inputs of a run's dataset, read from its snapshot on demand; a few
@@ -683,6 +638,6 @@ class Themis4Source:
         return self.get(run_id).fold.paired_scores()
 
     def close(self) -> None:
-        self._stop_detail_pool()
+        self.details.stop()
         with self._lock:
             self.reader.close()
