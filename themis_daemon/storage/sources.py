@@ -132,7 +132,7 @@ def open_source(spec: str, name: Optional[str] = None, *, password_file: Optiona
         from .themis1 import Store
 
         store = Store(spec, clock=clock, cache_dir=cache_dir, max_line_bytes=max_line_bytes,
-                      extra_roots=extra_roots)
+                      extra_roots=extra_roots, detail_workers=None if serves_details else 0)
         store.name = name
         return store
     from .themis4.source import Themis4Source
@@ -326,10 +326,7 @@ class Sources:
         """`encoded`: the caller encodes the detail with `jsonutil`, so its samples may come
         as one `jsonutil.Encoded`."""
         source = self._owner(run_id)
-        if encoded and getattr(source, "format", None) == "themis-v4":
-            detail, version = source.detail_versioned(run_id, offset, limit, include_pending, encoded=True)
-        else:
-            detail, version = source.detail_versioned(run_id, offset, limit, include_pending)
+        detail, version = source.detail_versioned(run_id, offset, limit, include_pending, encoded=encoded)
         if "format" not in detail:
             detail.update(native_status=None, format="themis-v1", source=source.name)
         return detail, version

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ..base import FINAL_STATUSES, finite_mean, stable_mean
 from .jsonl import CorruptFile, JsonlTail, Unit, count_data_lines, open_checked, read_units
@@ -703,8 +703,14 @@ class RunState:
 
     def load_positions(self, view: View, positions, include_pending: bool = False) -> List[Dict[str, Any]]:
         """Detail samples at these positions of the view (evaluated samples, then pending ones)."""
+        return build_page(self.page_inputs(view, positions, include_pending))
+
+    def page_inputs(self, view: View, positions, include_pending: bool = False) -> "PageInputs":
+        """All that building these detail samples needs, picklable: where each text lives, the
+        scores, the ids (a detail worker process builds a big page from this)."""
         self.want_tasks()
         n_eval = len(view.samples)
+        positions = list(positions)
         chosen = [view.samples[p] if p < n_eval else view.pending[p - n_eval] for p in positions]
         per_sample = [view.per_sample[p] if p < n_eval else {} for p in positions]
         with self.lock:
@@ -713,65 +719,90 @@ class RunState:
             rec_units = [Unit(*self.gen[s.gen][:3]) if s.gen in self.gen else None for s in chosen]
             task_units = [Unit(*self.tasks[s.gen][:3]) if s.gen in self.tasks else None for s in chosen]
             eval_tails = dict(self._evals)
-        prompts = _load(tasks_tail, task_units)
-        records = _load(records_tail, rec_units)
-        details = self._load_details(chosen, eval_tails)
-        out = []
-        for position, s, scores, task, rec, det in zip(positions, chosen, per_sample, prompts, records, details):
-            prompt = ""
-            reference: Any = None
-            if isinstance(task, dict):
-                t = task.get("task") or {}
-                p = t.get("prompt") if isinstance(t, dict) else None
-                if isinstance(p, dict) and isinstance(p.get("text"), str):
-                    prompt = p["text"]
-                ref = t.get("reference") if isinstance(t, dict) else None
-                if isinstance(ref, dict):
-                    reference = ref.get("value")
-            response = ""
-            if isinstance(rec, dict):
-                o = rec.get("output")
-                if isinstance(o, dict) and isinstance(o.get("text"), str):
-                    response = o["text"]
-            sid = s.id
-            if sid is None and isinstance(rec, dict):  # a pending sample without a dataset id
-                sid = rec.get("cache_key") or rec.get("task_key")
-            item: Dict[str, Any] = {"id": sid, "prompt": prompt, "response": response, "scores": scores,
-                                    "reference": reference}
-            if det:
-                item["details"] = det
-            if include_pending:
-                item["pending"] = position >= n_eval
-            if isinstance(rec, dict) and rec.get("error"):
-                err = rec["error"]
-                item["error"] = err.get("message") if isinstance(err, dict) else str(err)
-            out.append(item)
-        return out
+        return PageInputs(positions, [s.id for s in chosen], per_sample, [s.evals for s in chosen],
+                          _where(tasks_tail), task_units, _where(records_tail), rec_units,
+                          {k: (t.path, t.gz) for k, t in eval_tails.items()}, n_eval, include_pending)
 
-    @staticmethod
-    def _load_details(chosen: List[Sample], tails: Dict[str, JsonlTail]) -> List[Dict[str, Any]]:
-        """Per metric, the free-form `details` of the evaluation lines that scored each sample
-        (the last line wins, as for repeated metrics within a line)."""
-        wanted: Dict[str, List[Tuple[int, Unit]]] = {}
-        for i, s in enumerate(chosen):
-            for eval_id, packed in s.evals:
-                wanted.setdefault(eval_id, []).append((i, unpack_unit(packed)))
-        out: List[Dict[str, Any]] = [{} for _ in chosen]
-        for eval_id, items in wanted.items():
-            tail = tails.get(eval_id)
-            if tail is None:
-                continue
-            try:
-                objs = read_units(tail.path, tail.gz, [u for _, u in items])
-            except OSError:
-                continue
-            for (i, _), obj in zip(items, objs):
-                ev = obj.get("evaluation") if isinstance(obj, dict) else None
-                for sc in (ev.get("scores") or ()) if isinstance(ev, dict) else ():
-                    if isinstance(sc, dict) and isinstance(sc.get("metric_name"), str) \
-                            and isinstance(sc.get("details"), dict) and sc["details"]:
-                        out[i][sc["metric_name"]] = sc["details"]
-        return out
+
+class PageInputs(NamedTuple):
+    positions: List[int]
+    ids: List[Any]
+    scores: List[Dict[str, Any]]
+    evals: List[List[Tuple[str, int]]]
+    tasks: Optional[Tuple[str, bool]]          # (path, gzipped) of the file, None: none
+    task_units: List[Optional[Unit]]
+    records: Optional[Tuple[str, bool]]
+    rec_units: List[Optional[Unit]]
+    eval_files: Dict[str, Tuple[str, bool]]
+    n_eval: int
+    include_pending: bool
+
+
+def _where(tail: Optional[JsonlTail]) -> Optional[Tuple[str, bool]]:
+    return None if tail is None else (tail.path, tail.gz)
+
+
+def build_page(page: PageInputs) -> List[Dict[str, Any]]:
+    """Read, decode and assemble the detail samples of a page (in this process or a worker)."""
+    prompts = _load(page.tasks, page.task_units)
+    records = _load(page.records, page.rec_units)
+    details = _load_details(page.evals, page.eval_files)
+    include_pending, n_eval = page.include_pending, page.n_eval
+    out = []
+    for position, sid, scores, task, rec, det in zip(page.positions, page.ids, page.scores, prompts, records, details):
+        prompt = ""
+        reference: Any = None
+        if isinstance(task, dict):
+            t = task.get("task") or {}
+            p = t.get("prompt") if isinstance(t, dict) else None
+            if isinstance(p, dict) and isinstance(p.get("text"), str):
+                prompt = p["text"]
+            ref = t.get("reference") if isinstance(t, dict) else None
+            if isinstance(ref, dict):
+                reference = ref.get("value")
+        response = ""
+        if isinstance(rec, dict):
+            o = rec.get("output")
+            if isinstance(o, dict) and isinstance(o.get("text"), str):
+                response = o["text"]
+        if sid is None and isinstance(rec, dict):  # a pending sample without a dataset id
+            sid = rec.get("cache_key") or rec.get("task_key")
+        item: Dict[str, Any] = {"id": sid, "prompt": prompt, "response": response, "scores": scores,
+                                "reference": reference}
+        if det:
+            item["details"] = det
+        if include_pending:
+            item["pending"] = position >= n_eval
+        if isinstance(rec, dict) and rec.get("error"):
+            err = rec["error"]
+            item["error"] = err.get("message") if isinstance(err, dict) else str(err)
+        out.append(item)
+    return out
+
+
+def _load_details(evals: List[List[Tuple[str, int]]], files: Dict[str, Tuple[str, bool]]) -> List[Dict[str, Any]]:
+    """Per metric, the free-form `details` of the evaluation lines that scored each sample
+    (the last line wins, as for repeated metrics within a line)."""
+    wanted: Dict[str, List[Tuple[int, Unit]]] = {}
+    for i, sample_evals in enumerate(evals):
+        for eval_id, packed in sample_evals:
+            wanted.setdefault(eval_id, []).append((i, unpack_unit(packed)))
+    out: List[Dict[str, Any]] = [{} for _ in evals]
+    for eval_id, items in wanted.items():
+        where = files.get(eval_id)
+        if where is None:
+            continue
+        try:
+            objs = read_units(where[0], where[1], [u for _, u in items])
+        except OSError:
+            continue
+        for (i, _), obj in zip(items, objs):
+            ev = obj.get("evaluation") if isinstance(obj, dict) else None
+            for sc in (ev.get("scores") or ()) if isinstance(ev, dict) else ():
+                if isinstance(sc, dict) and isinstance(sc.get("metric_name"), str) \
+                        and isinstance(sc.get("details"), dict) and sc["details"]:
+                    out[i][sc["metric_name"]] = sc["details"]
+    return out
 
 
 def _tail_state(tail: Optional[JsonlTail]) -> Optional[list]:
@@ -802,12 +833,12 @@ def _edges_match(path: str, sig: list, head: bytes, last: bytes) -> bool:
         return False
 
 
-def _load(tail: Optional[JsonlTail], units: List[Optional[Unit]]) -> List[Any]:
-    if tail is None:
+def _load(where: Optional[Tuple[str, bool]], units: List[Optional[Unit]]) -> List[Any]:
+    if where is None:
         return [None] * len(units)
     idx = [i for i, u in enumerate(units) if u is not None]
     try:
-        loaded = read_units(tail.path, tail.gz, [units[i] for i in idx]) if idx else []
+        loaded = read_units(where[0], where[1], [units[i] for i in idx]) if idx else []
     except (OSError, CorruptFile):
         # Unreadable now (permissions, a FIFO, a link out of the store): the detail is served
         # without these texts, and the run's `error` (from its last poll) says why.

@@ -18,10 +18,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import msgspec
 
+from ... import jsonutil
 from ..base import RefreshResult, RunNotFound, background_priority, bulk_allocation
+from ..workers import PAGE_MIN, DetailWorkers, split
 from .cache import RunCache
 from .jsonl import Limits
-from .run import RunState, View, mark_scan_worker
+from .run import PageInputs, RunState, View, build_page, mark_scan_worker
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -42,6 +44,20 @@ def _scan_worker_init(max_line_bytes: int, roots: Dict[str, tuple]) -> None:
     mark_scan_worker()
     Limits.max_line_bytes = max_line_bytes
     Limits.roots = roots
+
+
+def _size(summary: Dict[str, Any]) -> int:
+    return max(summary.get("num_samples") or 0, summary.get("expected_samples") or 0)
+
+
+_PER_SAMPLE = ("positions", "ids", "scores", "evals", "task_units", "rec_units")  # PageInputs' lists
+
+
+def _encode_page(limits: tuple, page: PageInputs) -> bytes:
+    """A share of a big detail page, built and encoded in a detail worker (module level)."""
+    Limits.max_line_bytes, Limits.roots = limits
+    with bulk_allocation():
+        return jsonutil.dumpb(build_page(page))
 
 
 def _scan_runs(items: List[tuple]) -> Dict[str, RunState]:
@@ -83,7 +99,8 @@ class Store:
 
     def __init__(self, root: str, *, clock: Callable[[], float] = time.time, max_views: int = 16,
                  scan_workers: Optional[int] = None, cache_dir: Optional[str] = None,
-                 max_line_bytes: Optional[int] = None, extra_roots: Sequence[str] = ()):
+                 max_line_bytes: Optional[int] = None, extra_roots: Sequence[str] = (),
+                 detail_workers: Optional[int] = None):
         self.root = os.path.abspath(root)
         if max_line_bytes:
             Limits.max_line_bytes = max_line_bytes  # process-wide, like the setting
@@ -112,6 +129,10 @@ class Store:
         self.restored = 0  # runs taken from the persistent cache at start-up
         self._retired: Dict[str, int] = {}  # last version of each run that went away
         self._restored_changed = False
+        # Big detail pages are built by these worker processes (`detail_workers`, 0: here),
+        # started once a run is that big: inflating and decoding thousands of lines holds the GIL.
+        self.details = DetailWorkers(self.name, detail_workers)
+        self._big_run_seen = False
 
     # ------------------------------------------------------------------ discovery
 
@@ -150,6 +171,8 @@ class Store:
         start = time.perf_counter()
         res = RefreshResult()
         with self._refresh_lock:
+            if self._big_run_seen and self.details.pool is None:
+                self.details.start()  # a refresh after the one that found it: the first list is out
             try:
                 found = self._discover()
                 self.root_error = None
@@ -207,6 +230,9 @@ class Store:
             self.scanned = True
             self.last_refresh = self.clock()
             self._maybe_save()
+            if self.details.enabled and not self._big_run_seen:
+                self._big_run_seen = any(_size(runs[r].summary()) >= PAGE_MIN
+                                         for r in res.added + res.changed if r in runs)
         res.duration = time.perf_counter() - start
         return res
 
@@ -259,6 +285,7 @@ class Store:
     def close(self) -> None:
         """Keep the newest state for the next start (unless a poll still runs: a stop never
         waits for storage that does not answer)."""
+        self.details.stop()
         if self.cache is not None and self.scanned and self._refresh_lock.acquire(timeout=1.0):
             try:
                 if self._saved_generation != self.generation:
@@ -349,14 +376,25 @@ class Store:
         return self.detail_versioned(run_id, offset, limit, include_pending)[0]
 
     def detail_versioned(self, run_id: str, offset: int = 0, limit: Optional[int] = None,
-                         include_pending: bool = False):
-        """The detail and the run version it shows, so callers can cache it under that version."""
+                         include_pending: bool = False, encoded: bool = False):
+        """The detail and the run version it shows, so callers can cache it under that version.
+        `encoded`: the samples of a big page may come as one `jsonutil.Encoded`, built and
+        encoded by the detail workers."""
         state = self.get(run_id)
         with bulk_allocation():  # thousands of objects: no collection walking the store meanwhile
             state.want_tasks()
             view = self.view(run_id)
-            stop = None if limit is None else offset + limit
-            samples = state.load_samples(view, offset, stop, include_pending)
+            everything = len(view.samples) + (len(view.pending) if include_pending else 0)
+            positions = range(everything)[offset:None if limit is None else offset + limit]
+            page = state.page_inputs(view, positions, include_pending)
+            samples: Any = None
+            if encoded and len(positions) >= PAGE_MIN and self.details.enabled:
+                limits = (Limits.max_line_bytes, dict(Limits.roots))
+                samples = self.details.build(_encode_page, [
+                    (limits, page._replace(**{f: getattr(page, f)[part] for f in _PER_SAMPLE}))
+                    for part in split(page.positions, self.details.count)])
+            if samples is None:
+                samples = build_page(page)
         out = dict(state.summary())
         out["samples"] = samples
         out["samples_total"] = len(view.samples) + (len(view.pending) if include_pending else 0)
