@@ -92,3 +92,13 @@ def test_a_dead_statistics_process_is_replaced(served):
         status, body = post(d.url, BODY)
     assert status == 200 and len(body["pairwise_results"]) >= 1
     assert d.proc.poll() is None
+
+
+def test_a_killed_daemon_leaves_no_worker_process_behind(served):
+    d, _root = served
+    wait_for(lambda: any(mapped(c, "scipy") for c in children(d.proc.pid)), what="the statistics process")
+    workers = children(d.proc.pid)
+    os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.wait(30)
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+                             for pid in workers), what="the worker processes to end with their parent")

@@ -19,6 +19,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Dict, List, Optional, Tuple
 
+from .storage.workers import shutdown_now
+
 log = logging.getLogger("themis_daemon.compute")
 
 SLOTS = 256  # comparisons in flight at once (queued or running), each with its cancel flag
@@ -29,9 +31,9 @@ _FLAGS: Any = None
 def _init(flags: Any) -> None:
     global _FLAGS
     _FLAGS = flags
-    from .storage.base import background_priority
+    from .storage.base import worker_process_setup
 
-    background_priority()
+    worker_process_setup()
 
 
 def _warm() -> int:
@@ -128,7 +130,7 @@ class StatsWorkers:
             self._pool = None
         if pool is not None:
             log.warning("a statistics process died; starting a new one")
-            pool.shutdown(wait=False, cancel_futures=True)
+            shutdown_now(pool)
 
     def close(self) -> None:
         """Cancel every comparison (each stops at its next check) and let the processes go."""
@@ -139,4 +141,4 @@ class StatsWorkers:
                 for slot in range(SLOTS):
                     self._flags[slot] = 1
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            shutdown_now(pool)

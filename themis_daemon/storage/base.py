@@ -32,14 +32,25 @@ class _GcPause:
 WORKER_NICENESS = 5
 
 
-def background_priority() -> None:
-    """In a worker process (scans, big details, statistics): yield the CPU to the serving
-    process's event loop when the cores are all busy, so requests keep being routed while the
-    work goes on (the work itself loses little: the loop is idle most of the time)."""
+def worker_process_setup() -> None:
+    """First thing in a worker process (scans, big details, statistics): yield the CPU to the
+    serving process's event loop when the cores are all busy, so requests keep being routed
+    while the work goes on; and end with the process that started it (Linux), since a pool's
+    processes outlive a killed parent, holding its memory and its log pipe."""
     try:
         os.nice(WORKER_NICENESS)
     except OSError:
         pass
+    parent = os.getppid()
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        return
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, List, Optional, Sequence
 
 from ..jsonutil import Encoded
-from .base import background_priority
+from .base import worker_process_setup
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -27,7 +27,7 @@ PAGE_MIN = 2_000  # samples in a detail page from which the workers build it
 
 
 def _init(setup: Optional[Callable[..., None]], args: tuple) -> None:
-    background_priority()
+    worker_process_setup()
     if setup is not None:
         setup(*args)
 
@@ -94,7 +94,24 @@ class DetailWorkers:
         with self._lock:
             pool, self.pool = self.pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            shutdown_now(pool)
+
+
+def shutdown_now(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool without waiting for the work in its processes: the interpreter's exit would
+    otherwise join them, and a stop would last as long as the longest job or import."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public way before 3.14
+    for proc in processes:
+        try:
+            proc.terminate()
+        except (OSError, AttributeError, ValueError):
+            pass
+    for proc in processes:
+        try:
+            proc.join(2.0)
+        except (AssertionError, ValueError):
+            pass
+    pool.shutdown(wait=True, cancel_futures=True)  # quick now, and its queues are cleaned up
 
 
 def split(items: Sequence[Any], parts: int) -> List[slice]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import msgspec
 
 from ... import jsonutil
-from ..base import RefreshResult, RunNotFound, background_priority, bulk_allocation
+from ..base import RefreshResult, RunNotFound, bulk_allocation, worker_process_setup
 from ..workers import PAGE_MIN, DetailWorkers, split
 from .cache import RunCache
 from .jsonl import Limits
@@ -40,7 +40,7 @@ SAVE_EVERY_S = 300.0  # the persistent cache is rewritten at most this often (an
 def _scan_worker_init(max_line_bytes: int, roots: Dict[str, tuple]) -> None:
     """A scan worker lives for one scan and builds only acyclic state: no garbage collection."""
     gc.disable()
-    background_priority()
+    worker_process_setup()
     mark_scan_worker()
     Limits.max_line_bytes = max_line_bytes
     Limits.roots = roots
