@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from themis_daemon.config import settings_from_kwargs
+from themis_daemon.web import replay
 
 from test_storage import run_path, truncate_file
 
@@ -54,8 +55,11 @@ VARIANTS = [
 ]
 
 
+@pytest.mark.parametrize("separate_body", (False, True))
 @pytest.mark.gen_test(timeout=120)
-async def test_replayed_answers_are_the_handlers_answers(http_port, base_url, daemon):
+async def test_replayed_answers_are_the_handlers_answers(http_port, base_url, daemon, separate_body, monkeypatch):
+    if separate_body:  # big bodies go out after their headers, in a write of their own
+        monkeypatch.setattr(replay, "SEPARATE_BODY", 0)
     for path, headers in VARIANTS:
         before = daemon.replays.replayed
         first = await raw_get(http_port, path, headers)
