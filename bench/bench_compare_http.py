@@ -3,7 +3,7 @@
 Builds (or reuses) a store with 2 runs x 10,000 samples and 5 runs x 1,000 samples written in
 the Themis format, starts one daemon process, warms its caches with one request per body, then
 times each comparison (median of --repeat) and the latency of GET / while a large comparison
-runs in the daemon's worker thread.
+runs in the daemon's statistics process.
 
     python bench/bench_compare_http.py [--store DIR] [--repeat 5]
 """

@@ -305,11 +305,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 def report(res: Dict[str, Any], store: Path, n: int, args) -> None:
     rate, bare = res["list"]["rps"] or 0, res["bare"]["rps"] or 0
     ratio = rate / bare if bare else None
+    big_store = n >= 1000
     rows = [
-        ("cold start to the first complete GET /api/runs", "< 5 s (200 x 1,000)", "%.2f s (%s)" % (
+        ("cold start to the first complete GET /api/runs", "< 20 s (1,000 x 1,000)" if big_store else "< 5 s (200 x 1,000)", "%.2f s (%s)" % (
             res["cold"], "store in the page cache: read in %.1f s before" % res["page_cache_s"]
             if "page_cache_s" in res else "--from-disk: store read from disk")),
-        ("restart (persistent cache) to a complete, identical list", "< 1 s",
+        ("restart (persistent cache) to a complete, identical list", "< 2 s" if big_store else "< 1 s",
          "%.2f s (identical: %s)" % (res["restart"], "yes" if res["restart_identical"] else "NO")),
         ("GET /api/runs warm, %d connections (%s)" % (CONNECTIONS, res["list"]["tool"]), ">= 0.85 x bare Tornado",
          "%.0f req/s, p99 %.1f ms = %.2f x bare Tornado %.0f req/s" % (

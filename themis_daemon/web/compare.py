@@ -83,13 +83,18 @@ class CompareHandler(BaseHandler):
         }
         daemon = self.daemon
 
+        wanted = kwargs["metrics"]
+
         def gather() -> List[Tuple[str, Any]]:
             # Building a run's per-sample view can take a while for big runs: not on the loop.
             runs: List[Tuple[str, Any]] = []
             for r in run_ids:
                 if gone.is_set() or daemon.stopping:
                     raise Cancelled()
-                runs.append((r, store.scores(r)))
+                scores = store.scores(r)
+                if isinstance(wanted, list):  # only what the job reads crosses to its process
+                    scores = {m: v for m, v in scores.items() if m in wanted}
+                runs.append((r, scores))
             return runs
 
         loop = asyncio.get_running_loop()
