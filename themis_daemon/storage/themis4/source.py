@@ -65,42 +65,51 @@ def _epoch(stamp: Optional[str]) -> Optional[float]:
 _DONE = object()
 
 
-def _prefetched(batches: Any) -> Any:
+class _Prefetched:
     """Iterate `batches` with the next one produced on a helper thread meanwhile: a database
-    extracting fields (without the GIL) overlaps the decoding of what it gave before. The
-    caller holds the reader's lock throughout, so the reader is used by one thread at a time."""
-    handoff: "queue.Queue[Any]" = queue.Queue(maxsize=2)
-    stop = threading.Event()
+    extracting fields (without the GIL) overlaps the decoding of what it gave before. The thread
+    starts at once, so the caller may do other work before it iterates. The caller holds the
+    reader's lock throughout, so the reader is used by one thread at a time; `close()` (also
+    at the end of the iteration) stops and joins the thread."""
 
-    def produce() -> None:
+    def __init__(self, batches: Any):
+        self._handoff: "queue.Queue[Any]" = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._produce, args=(batches,), name="themis4-prefetch",
+                                        daemon=True)
+        self._worker.start()
+
+    def _produce(self, batches: Any) -> None:
         try:
             for batch in batches:
-                if stop.is_set():
+                if self._stop.is_set():
                     break
-                handoff.put((batch, None))
+                self._handoff.put((batch, None))
         except BaseException as exc:  # handed to the consumer, raised there
-            handoff.put((None, exc))
+            self._handoff.put((None, exc))
             return
-        handoff.put((_DONE, None))
+        self._handoff.put((_DONE, None))
 
-    worker = threading.Thread(target=produce, name="themis4-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            batch, exc = handoff.get()
-            if exc is not None:
-                raise exc
-            if batch is _DONE:
-                return
-            yield batch
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue, then join it
+    def __iter__(self) -> Any:
+        try:
+            while True:
+                batch, exc = self._handoff.get()
+                if exc is not None:
+                    raise exc
+                if batch is _DONE:
+                    return
+                yield batch
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._worker.is_alive():  # unblock a producer waiting on a full queue, then join it
             try:
-                handoff.get_nowait()
+                self._handoff.get_nowait()
             except queue.Empty:
                 pass
-            worker.join(0.05)
+            self._worker.join(0.05)
 
 
 class _Undecodable:
@@ -251,21 +260,32 @@ def _scan_part(kind: str, location: str, options: Dict[str, Any], mark: Any, par
 
 
 def build_samples(reader: EventReader, run_id: str, fold: Any, page: List[str], pending: List[bool],
-                  dataset: Optional[Dict[str, Any]], lock: Any, include_pending: bool = False) -> List[Dict[str, Any]]:
+                  dataset: Any, lock: Any, include_pending: bool = False) -> List[Dict[str, Any]]:
     """Detail samples of these cases of a run: the events they need are read through `reader`
     (under `lock`, which guards its connection) and decoded while the next batch is read.
-    Runs in this process or in a detail worker, whose reader is its own."""
+    `dataset`: the run's `describe_snapshot(...)`, or a function that makes it (called while
+    the first batches are read). Runs in this process or in a detail worker, whose reader is
+    its own."""
     positions = fold.positions_for(page) if page else []
     events: Dict[int, Any] = {}
     extracted = True
     with lock, bulk_allocation():
         try:
-            for batch in _prefetched(reader.output_batches(run_id, positions)) if positions else ():
-                for pos, (output, conversation) in batch.items():
-                    events[pos] = {"result": {"final_output": _json_or_none(output),
-                                              "conversation": _json_or_none(conversation)}}
+            batches = _Prefetched(reader.output_batches(run_id, positions)) if positions else None
+            try:
+                if callable(dataset):
+                    dataset = dataset()  # while the database extracts the first batches
+                for batch in batches or ():
+                    for pos, (output, conversation) in batch.items():
+                        events[pos] = {"result": {"final_output": _json_or_none(output),
+                                                  "conversation": _json_or_none(conversation)}}
+            finally:
+                if batches is not None:
+                    batches.close()
         except NoExtraction:
             extracted = False
+    if callable(dataset):
+        dataset = dataset()
     if not extracted:
         events = {}
         with bulk_allocation():
@@ -321,8 +341,7 @@ def _warm_detail_worker() -> int:
 
 
 def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str, fold: Any,
-                 page: List[str], pending: List[bool], dataset: Optional[Dict[str, Any]],
-                 include_pending: bool) -> bytes:
+                 page: List[str], pending: List[bool], include_pending: bool) -> bytes:
     """A share of a big detail page, built and encoded in a worker process (module level:
     picklable); the page's owner splices the encoded shares into one body."""
     from ... import jsonutil
@@ -330,6 +349,14 @@ def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str,
 
     reader = make_reader(kind, location, **options)
     try:
+        raw = reader.snapshot(run_id)  # its references and inputs are decoded while events are read
+
+        def dataset() -> Optional[Dict[str, Any]]:
+            try:
+                return _dataset_share(describe_snapshot(decode(raw)), page) if raw is not None else None
+            except (ValueError, UnicodeDecodeError):
+                return None
+
         samples = build_samples(reader, run_id, fold, page, pending, dataset, contextlib.nullcontext(),
                                 include_pending)
     finally:
@@ -604,12 +631,10 @@ class Themis4Source:
 
     def _samples_in_workers(self, run: V4Run, page: List[str], pending: List[bool], include_pending: bool) -> Any:
         """A big page built in shares by the detail workers (None: they cannot, build it here)."""
-        dataset = self._dataset(run)
         reader = self.reader
         head = (reader.kind, reader.location, reader.options(), run.run_id)
         return self.details.build(_detail_part, [
-            head + (PageFold(run.fold, page[part]), page[part], pending[part], _dataset_share(dataset, page[part]),
-                    include_pending)
+            head + (PageFold(run.fold, page[part]), page[part], pending[part], include_pending)
             for part in split(page, self.details.count)])
 
     def _dataset(self, run: V4Run) -> Optional[Dict[str, Any]]:
