@@ -32,15 +32,17 @@ class _GcPause:
 WORKER_NICENESS = 5
 
 
-def worker_process_setup() -> None:
-    """First thing in a worker process (scans, big details, statistics): yield the CPU to the
-    serving process's event loop when the cores are all busy, so requests keep being routed
-    while the work goes on; and end with the process that started it (Linux), since a pool's
-    processes outlive a killed parent, holding its memory and its log pipe."""
-    try:
-        os.nice(WORKER_NICENESS)
-    except OSError:
-        pass
+def worker_process_setup(background: bool = True) -> None:
+    """First thing in a worker process: end with the process that started it (Linux), since a
+    pool's processes outlive a killed parent, holding its memory and its log pipe. Workers that
+    run beside serving (`background`: big details, statistics) also yield the CPU to the serving
+    process's event loop when the cores are all busy; a first scan, which everything waits
+    for, keeps its full share."""
+    if background:
+        try:
+            os.nice(WORKER_NICENESS)
+        except OSError:
+            pass
     parent = os.getppid()
     try:
         import ctypes
@@ -134,3 +136,8 @@ class RefreshResult:
         self.positions.update(other.positions)
         if other.error:
             self.error = f"{self.error}; {other.error}" if self.error else other.error
+
+
+def scan_worker_setup() -> None:
+    """`worker_process_setup` for the processes of a first scan (module level: picklable)."""
+    worker_process_setup(background=False)

@@ -40,7 +40,7 @@ SAVE_EVERY_S = 300.0  # the persistent cache is rewritten at most this often (an
 def _scan_worker_init(max_line_bytes: int, roots: Dict[str, tuple]) -> None:
     """A scan worker lives for one scan and builds only acyclic state: no garbage collection."""
     gc.disable()
-    worker_process_setup()
+    worker_process_setup(background=False)  # everything waits for a first scan: full CPU share
     mark_scan_worker()
     Limits.max_line_bytes = max_line_bytes
     Limits.roots = roots
