@@ -38,6 +38,12 @@ def worker_process_setup(background: bool = True) -> None:
     run beside serving (`background`: big details, statistics) also yield the CPU to the serving
     process's event loop when the cores are all busy; a first scan, which everything waits
     for, keeps its full share."""
+    import signal
+
+    # Ctrl-C reaches the whole process group, and systemd's stop the whole cgroup: the process
+    # that started this one decides when it ends (it drains first, then kills it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if background:
         try:
             os.nice(WORKER_NICENESS)
@@ -46,7 +52,6 @@ def worker_process_setup(background: bool = True) -> None:
     parent = os.getppid()
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:

@@ -103,7 +103,7 @@ def shutdown_now(pool: ProcessPoolExecutor) -> None:
     processes = list((getattr(pool, "_processes", None) or {}).values())  # no public way before 3.14
     for proc in processes:
         try:
-            proc.terminate()
+            proc.kill()  # workers ignore SIGTERM (see worker_process_setup)
         except (OSError, AttributeError, ValueError):
             pass
     for proc in processes:
