@@ -17,6 +17,9 @@ export class LiveFeed {
     this.pollTimer = null;
     this.stopped = false;
     this.state = "connecting";
+    // Events that arrive while a GET /api/runs is in flight, per request: its answer may be
+    // older than they are, so they are applied again over it.
+    this.inFlight = new Set();
   }
 
   start() {
@@ -80,9 +83,11 @@ export class LiveFeed {
       this.refresh();
     } else if (msg.type === "run_removed") {
       store.remove(msg.run_id);
+      for (const seen of this.inFlight) seen.set(msg.run_id, null);
       this.onEvent(msg);
     } else if (RUN_EVENTS.has(msg.type) && msg.data) {
       store.upsert(msg.data);
+      for (const seen of this.inFlight) seen.set(msg.data.run_id, msg.data);
       this.onEvent(msg);
     } else if (msg.type === "error") {
       console.warn("themis /ws:", msg.message);
@@ -111,12 +116,20 @@ export class LiveFeed {
   }
 
   async refresh() {
+    const seen = new Map();
+    this.inFlight.add(seen);
     try {
       const { data } = await api("api/runs");
       store.replace(data);
+      for (const [runId, summary] of seen) {
+        if (summary) store.upsert(summary);
+        else store.remove(runId);
+      }
       this.onEvent({ type: "refresh" });
     } catch (err) {
       store.setError(err);
+    } finally {
+      this.inFlight.delete(seen);
     }
   }
 }
