@@ -71,3 +71,10 @@ async def fetch(http_client, url, **kw):
     ctype = resp.headers.get("Content-Type", "")
     body = json.loads(resp.body) if resp.body and "json" in ctype else resp.body
     return resp, body
+
+
+def kill_pool_processes(pool) -> None:
+    """SIGKILL every process of a ProcessPoolExecutor and wait until they are gone."""
+    for proc in list(pool._processes.values()):
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)

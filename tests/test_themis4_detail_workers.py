@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 
 import pytest
 
@@ -14,6 +13,7 @@ from themis_daemon.storage import open_sources
 from themis_daemon.storage.themis4 import source as source_mod
 
 from conftest import DATA
+from helpers import kill_pool_processes
 
 
 @pytest.fixture(params=("sqlite", "jsonl", "postgres"))
@@ -78,9 +78,7 @@ def test_a_killed_detail_worker_is_replaced_and_no_page_is_lost(tmp_path, monkey
         expected, first, _ = bodies(sources, run_id)
         assert first == expected
         pool = source.details.pool
-        for proc in list(pool._processes.values()):
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.join(30)
+        kill_pool_processes(pool)
         again, _ = sources.detail_versioned(run_id, encoded=True)
         assert jsonutil.dumpb_sliced(again, "samples") == expected  # built here while the pool was broken
         here, there, samples = bodies(sources, run_id)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 
 import pytest
 
 from themis_daemon import jsonutil
 from themis_daemon.storage import open_sources
 from themis_daemon.storage.themis1 import store as store_mod
+
+from helpers import kill_pool_processes
 
 
 def bodies(sources, run_id, **page):
@@ -51,9 +51,7 @@ def test_a_killed_detail_worker_is_replaced(plain_store, monkeypatch):
         expected, first, _ = bodies(sources, "fake-direct")
         assert first == expected
         pool = store.details.pool
-        for proc in list(pool._processes.values()):
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.join(30)
+        kill_pool_processes(pool)
         again, _ = sources.detail_versioned("fake-direct", encoded=True)
         assert jsonutil.dumpb_sliced(again, "samples") == expected  # built here while the pool was broken
         _, there, samples = bodies(sources, "fake-direct")

@@ -46,11 +46,23 @@ class DetailWorkers:
         self.count = default_count() if count is None else count
         self._setup, self._setup_args, self._warm = setup, setup_args, warm
         self.pool: Optional[ProcessPoolExecutor] = None
+        self.wanted = False  # a run is big enough: start with the next refresh
         self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
         return self.count >= 2
+
+    def note(self, sizes: Any) -> None:
+        """Remember whether some run (of these sample counts) is big enough for the workers; they
+        are started by the next refresh (`start_if_wanted`), ahead of its first big page and
+        after the first list is out."""
+        if self.enabled and not self.wanted:
+            self.wanted = any(n >= PAGE_MIN for n in sizes)
+
+    def start_if_wanted(self) -> None:
+        if self.wanted and self.pool is None:
+            self.start()
 
     def start(self) -> Optional[ProcessPoolExecutor]:
         with self._lock:

@@ -678,17 +678,6 @@ class RunState:
 
     # ------------------------------------------------------------------ sample text
 
-    def load_samples(self, view: View, start: int, stop: Optional[int],
-                     include_pending: bool = False) -> List[Dict[str, Any]]:
-        """Build detail samples for a page of the view, reading prompt/response on demand.
-
-        Evaluated samples come first; with `include_pending`, samples that were generated but
-        not evaluated yet follow them (`"pending": true`, no scores), for watching live runs.
-        """
-        everything = view.samples + view.pending if include_pending else view.samples
-        positions = range(len(everything))[start:stop]
-        return self.load_positions(view, positions, include_pending)
-
     def positions_by_id(self, view: View) -> Dict[Tuple[str, Any], int]:
         """Where each sample id sits in the view; kept per view, as a download asks for every
         chunk of a big run in turn."""

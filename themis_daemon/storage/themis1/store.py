@@ -132,7 +132,6 @@ class Store:
         # Big detail pages are built by these worker processes (`detail_workers`, 0: here),
         # started once a run is that big: inflating and decoding thousands of lines holds the GIL.
         self.details = DetailWorkers(self.name, detail_workers)
-        self._big_run_seen = False
 
     # ------------------------------------------------------------------ discovery
 
@@ -171,8 +170,7 @@ class Store:
         start = time.perf_counter()
         res = RefreshResult()
         with self._refresh_lock:
-            if self._big_run_seen and self.details.pool is None:
-                self.details.start()  # a refresh after the one that found it: the first list is out
+            self.details.start_if_wanted()
             try:
                 found = self._discover()
                 self.root_error = None
@@ -230,9 +228,7 @@ class Store:
             self.scanned = True
             self.last_refresh = self.clock()
             self._maybe_save()
-            if self.details.enabled and not self._big_run_seen:
-                self._big_run_seen = any(_size(runs[r].summary()) >= PAGE_MIN
-                                         for r in res.added + res.changed if r in runs)
+            self.details.note(_size(runs[r].summary()) for r in res.added + res.changed if r in runs)
         res.duration = time.perf_counter() - start
         return res
 

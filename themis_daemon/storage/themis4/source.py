@@ -372,6 +372,10 @@ def _dataset_share(dataset: Optional[Dict[str, Any]], page: List[str]) -> Option
             "inputs": {c: inputs[c] for c in page if c in inputs}}
 
 
+def _sizes(runs: Any) -> Any:
+    return ((run.summary().get("expected_samples") or 0) for run in runs)
+
+
 PARALLEL_MIN_EVENTS = 200_000  # below this, starting worker processes costs more than it saves
 
 
@@ -389,7 +393,6 @@ class Themis4Source:
         # Big detail pages are built by these worker processes (`detail_workers` of them, 0:
         # here), started once a run is that big: decoding thousands of events holds the GIL.
         self.details = DetailWorkers(self.name, detail_workers, warm=_warm_detail_worker)
-        self._big_run_seen = False
         self.root = reader.describe()
         self.clock = clock
         self._runs: Dict[str, V4Run] = {}
@@ -445,8 +448,8 @@ class Themis4Source:
         res.changed += [run_id for run_id in self._runs if run_id not in listed]
 
     def _refresh(self, res: RefreshResult) -> None:
-        if self._big_run_seen and self.details.pool is None and self.scanned:
-            self.details.start()  # a refresh after the one that found it: the first list is out
+        if self.scanned:
+            self.details.start_if_wanted()
         if not self.scanned and self._cold_scan(res):
             return
         with self._lock:
@@ -519,7 +522,7 @@ class Themis4Source:
         with self._lock:
             reader.adopt(mark, {r: run.fold.last_pos for r, run in runs.items() if run.fold.last_pos is not None})
         self._commit(runs, {}, res)  # folded and summarised in the workers already
-        self._note_big_runs(runs.values())
+        self.details.note(_sizes(runs.values()))
         self.scanned = True
         return True
 
@@ -544,7 +547,7 @@ class Themis4Source:
                                      "final": run.fold.final_pos or 0}
         for run in touched.values():
             run.summary()  # built here, off the event loop
-        self._note_big_runs(touched.values())
+        self.details.note(_sizes(touched.values()))
         if res.added or res.removed or res.changed:
             self.generation += 1
         self._runs = runs
@@ -622,12 +625,6 @@ class Themis4Source:
         return build_samples(self.reader, run.run_id, run.fold, page, pending, dataset, self._lock, include_pending)
 
     # ------------------------------------------------------------------ detail workers
-
-    def _note_big_runs(self, runs: Any) -> None:
-        """Remember that some run is big enough for the detail workers: they are started by the
-        next refresh, ahead of the first big page (and after the first list is out)."""
-        if self.details.enabled and not self._big_run_seen:
-            self._big_run_seen = any((run.summary().get("expected_samples") or 0) >= PAGE_MIN for run in runs)
 
     def _samples_in_workers(self, run: V4Run, page: List[str], pending: List[bool], include_pending: bool) -> Any:
         """A big page built in shares by the detail workers (None: they cannot, build it here)."""
