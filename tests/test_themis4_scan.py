@@ -79,3 +79,39 @@ def test_parallel_first_scan_equals_polling(store, monkeypatch):
     assert views(parallel) == views(serial)
     late = parallel.summary(run.run_id)
     assert (late["status"], late["evaluated"], late["generated"]) == ("completed", 5, 5)
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_parallel_scan_partitions_cover_every_run_id_once(tmp_path, monkeypatch, parts):
+    """Workers split runs by ranges of the run id: ids that are not lowercase hex (upper case,
+    other characters, the range bounds themselves) still land in exactly one part."""
+    import sqlite3
+
+    path = str(tmp_path / "themis.sqlite3")
+    shutil.copyfile(os.path.join(DATA, "themis-v4", "sqlite", "themis.sqlite3"), path)
+    conn = sqlite3.connect(path)
+    (template,) = conn.execute("SELECT run_id FROM run_events GROUP BY run_id ORDER BY count(*) DESC LIMIT 1").fetchone()
+    odd_ids = ["8", "7" + "f" * 63, template.upper(), "zz-run", "Ü-run", "-run", "a" * 64, "5"]
+    for new in odd_ids:
+        conn.execute("INSERT INTO run_snapshots SELECT ?, replace(snapshot_json, ?, ?) FROM run_snapshots "
+                     "WHERE run_id = ?", (new, template, new, template))
+        conn.execute("INSERT INTO run_events (run_id, event_type, event_json) SELECT ?, event_type, "
+                     "replace(event_json, ?, ?) FROM run_events WHERE run_id = ? ORDER BY id",
+                     (new, template, new, template))
+    conn.commit()
+    conn.close()
+    serial = open_sources([path])
+    serial.sources[0].scan_workers = 1
+    serial.refresh()
+    monkeypatch.setattr(source_mod, "PARALLEL_MIN_EVENTS", 100)
+    parallel = open_sources([path])
+    parallel.sources[0].scan_workers = parts
+    calls = []
+    original = source_mod.Themis4Source._cold_scan
+    monkeypatch.setattr(source_mod.Themis4Source, "_cold_scan",
+                        lambda self, res: calls.append(original(self, res)) or calls[-1])
+    parallel.refresh()
+    assert calls == [True]
+    assert set(odd_ids) <= set(parallel.run_ids())
+    assert sorted(parallel.run_ids()) == sorted(serial.run_ids())
+    assert views(parallel) == views(serial)

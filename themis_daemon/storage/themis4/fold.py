@@ -34,7 +34,6 @@ CASE_EVENTS = frozenset({
 RUN_EVENTS = frozenset({"run_started", "run_completed", "run_failed"})
 STEP_EVENTS = frozenset({"step_started", "step_completed", "step_failed"})
 KNOWN_EVENTS = CASE_EVENTS | RUN_EVENTS | STEP_EVENTS
-_GROUPS = {**{k: 0 for k in CASE_EVENTS}, **{k: 1 for k in RUN_EVENTS}, **{k: 2 for k in STEP_EVENTS}}
 
 
 class Case:
@@ -110,6 +109,138 @@ def _float(value: Any) -> Optional[float]:
     if isinstance(value, (int, float)):
         return float(value)
     return None
+
+# One function per case event type, looked up once per event: a store's first scan applies
+# hundreds of thousands of them.
+
+def _on_score_completed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    metric = ev.get("metric_id")
+    score = ev.get("score")
+    if not (isinstance(metric, str) and isinstance(score, dict)):
+        return
+    value = _float(score.get("value"))
+    if value is None:
+        if case.score_err is None:
+            case.score_err = {}
+        case.score_err[metric] = "score value is not a number"
+        if case.scores:
+            case.scores.pop(metric, None)
+    else:
+        if case.scores is None:
+            case.scores = {}
+        case.scores[metric] = value
+        if case.score_err:
+            case.score_err.pop(metric, None)
+    details = score.get("details")
+    if value is not None and isinstance(details, dict) and details:
+        if case.score_det is None:
+            case.score_det = {}
+        case.score_det[metric] = pos
+    elif case.score_det:
+        case.score_det.pop(metric, None)
+
+
+def _on_generation_completed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    if ev.get("result") is None:
+        return
+    index = ev.get("candidate_index")
+    gen = case.gen
+    if gen is None and index == 0:
+        case.gen = pos
+        return
+    if gen is None:
+        gen = case.gen = {}
+    elif isinstance(gen, int):
+        gen = case.gen = {0: gen}
+    gen[index if isinstance(index, int) else len(gen)] = pos
+
+
+def _on_reduction_completed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    if ev.get("result") is not None:
+        case.red_pos = pos
+
+
+def _on_parse_completed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    result = ev.get("result")
+    if isinstance(result, dict):
+        meta = result.get("metadata")
+        if result.get("value") is None:
+            case.parsed = "null"
+        elif isinstance(meta, dict) and meta.get("invalid") is True:
+            case.parsed = "invalid"
+        else:
+            case.parsed = "ok"
+
+
+def _on_selection_completed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    case.sel_err = None
+
+
+def _on_evaluation_completed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    execution = ev.get("execution")
+    metric = ev.get("metric_id")
+    if isinstance(execution, dict) and isinstance(metric, str):
+        if case.eval_fail:
+            case.eval_fail.pop(metric, None)
+        _workflow_failures(case, execution)
+
+
+def _on_generation_failed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    case.failed_event = True
+    cid = ev.get("candidate_id")
+    if case.gen_fail is None:
+        case.gen_fail = {}
+    case.gen_fail[cid if isinstance(cid, str) else str(len(case.gen_fail))] = _msg(ev.get("error_message"))
+
+
+def _on_score_failed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    case.failed_event = True
+    metric = ev.get("metric_id")
+    error = ev.get("error")
+    if isinstance(metric, str) and error is not None:
+        if case.scores:
+            case.scores.pop(metric, None)
+        if case.score_det:
+            case.score_det.pop(metric, None)
+        reason = error.get("reason") if isinstance(error, dict) else error
+        if case.score_err is None:
+            case.score_err = {}
+        case.score_err[metric] = _msg(reason)
+
+
+def _on_selection_failed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    case.failed_event = True
+    case.sel_err = _msg(ev.get("error_message"))
+
+
+def _on_reduction_failed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    case.failed_event = True
+    case.red_err = _msg(ev.get("error_message"))
+
+
+def _on_parse_failed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    case.failed_event = True
+    case.parse_err = _msg(ev.get("error_message"))
+
+
+def _on_evaluation_failed(case: Case, pos: int, ev: Dict[str, Any]) -> None:
+    case.failed_event = True
+    metric = ev.get("metric_id")
+    if isinstance(metric, str):
+        if case.eval_fail is None:
+            case.eval_fail = {}
+        case.eval_fail[metric] = _msg(ev.get("error_message"))
+
+
+_CASE_HANDLERS = {
+    "score_completed": _on_score_completed, "generation_completed": _on_generation_completed,
+    "reduction_completed": _on_reduction_completed, "parse_completed": _on_parse_completed,
+    "selection_completed": _on_selection_completed, "evaluation_completed": _on_evaluation_completed,
+    "generation_failed": _on_generation_failed, "score_failed": _on_score_failed,
+    "selection_failed": _on_selection_failed, "reduction_failed": _on_reduction_failed,
+    "parse_failed": _on_parse_failed, "evaluation_failed": _on_evaluation_failed,
+}
+assert set(_CASE_HANDLERS) == CASE_EVENTS
 
 
 class RunFold:
@@ -188,25 +319,25 @@ class RunFold:
         at = event.get("occurred_at")
         if type(at) is str:
             self.updated_at = at
-        group = _GROUPS.get(kind)  # one lookup: this runs for every event of a store
-        if group is None:
+        if type(kind) is not str:
             self.unknown_events += 1
             return
-        if group == 1:
+        on_case = _CASE_HANDLERS.get(kind)  # one lookup: this runs for every event of a store
+        if on_case is not None:
+            case_id = event.get("case_id")
+            if type(case_id) is not str:
+                self._bad(pos, f"{kind} without a case_id")
+                return
+            case = self.cases.get(case_id)
+            if case is None:
+                case = self.cases[case_id] = Case()
+            on_case(case, pos, event)
+            if self.status == COMPLETED and case.has_failure():
+                self.status = PARTIAL
+        elif kind in RUN_EVENTS:
             self._apply_run(pos, kind, event, at if type(at) is str else None)
-            return
-        if group == 2:
-            return
-        case_id = event.get("case_id")
-        if type(case_id) is not str:
-            self._bad(pos, f"{kind} without a case_id")
-            return
-        case = self.cases.get(case_id)
-        if case is None:
-            case = self.cases[case_id] = Case()
-        self._apply_case(case, kind, pos, event)
-        if self.status == COMPLETED and case.has_failure():
-            self.status = PARTIAL
+        elif kind not in STEP_EVENTS:
+            self.unknown_events += 1
 
     def _bad(self, pos: int, why: str) -> None:
         self.bad_events += 1
@@ -232,97 +363,6 @@ class RunFold:
         self.status = PARTIAL if saw_failures else COMPLETED
         stage = event.get("completed_through_stage")
         self.completed_through_stage = stage if isinstance(stage, str) else None
-
-    def _apply_case(self, case: Case, kind: str, pos: int, ev: Dict[str, Any]) -> None:
-        if kind.endswith("_failed"):
-            case.failed_event = True
-        if kind == "score_completed":
-            metric = ev.get("metric_id")
-            score = ev.get("score")
-            if isinstance(metric, str) and isinstance(score, dict):
-                value = _float(score.get("value"))
-                if value is None:
-                    if case.score_err is None:
-                        case.score_err = {}
-                    case.score_err[metric] = "score value is not a number"
-                    if case.scores:
-                        case.scores.pop(metric, None)
-                else:
-                    if case.scores is None:
-                        case.scores = {}
-                    case.scores[metric] = value
-                    if case.score_err:
-                        case.score_err.pop(metric, None)
-                details = score.get("details")
-                if value is not None and isinstance(details, dict) and details:
-                    if case.score_det is None:
-                        case.score_det = {}
-                    case.score_det[metric] = pos
-                elif case.score_det:
-                    case.score_det.pop(metric, None)
-        elif kind == "generation_completed":
-            if ev.get("result") is not None:
-                index = ev.get("candidate_index")
-                gen = case.gen
-                if gen is None and index == 0:
-                    case.gen = pos
-                    return
-                if gen is None:
-                    gen = case.gen = {}
-                elif isinstance(gen, int):
-                    gen = case.gen = {0: gen}
-                gen[index if isinstance(index, int) else len(gen)] = pos
-        elif kind == "reduction_completed":
-            if ev.get("result") is not None:
-                case.red_pos = pos
-        elif kind == "parse_completed":
-            result = ev.get("result")
-            if isinstance(result, dict):
-                meta = result.get("metadata")
-                if result.get("value") is None:
-                    case.parsed = "null"
-                elif isinstance(meta, dict) and meta.get("invalid") is True:
-                    case.parsed = "invalid"
-                else:
-                    case.parsed = "ok"
-        elif kind == "generation_failed":
-            cid = ev.get("candidate_id")
-            if case.gen_fail is None:
-                case.gen_fail = {}
-            case.gen_fail[cid if isinstance(cid, str) else str(len(case.gen_fail))] = _msg(ev.get("error_message"))
-        elif kind == "score_failed":
-            metric = ev.get("metric_id")
-            error = ev.get("error")
-            if isinstance(metric, str) and error is not None:
-                if case.scores:
-                    case.scores.pop(metric, None)
-                if case.score_det:
-                    case.score_det.pop(metric, None)
-                reason = error.get("reason") if isinstance(error, dict) else error
-                if case.score_err is None:
-                    case.score_err = {}
-                case.score_err[metric] = _msg(reason)
-        elif kind == "selection_completed":
-            case.sel_err = None
-        elif kind == "selection_failed":
-            case.sel_err = _msg(ev.get("error_message"))
-        elif kind == "reduction_failed":
-            case.red_err = _msg(ev.get("error_message"))
-        elif kind == "parse_failed":
-            case.parse_err = _msg(ev.get("error_message"))
-        elif kind == "evaluation_completed":
-            execution = ev.get("execution")
-            metric = ev.get("metric_id")
-            if isinstance(execution, dict) and isinstance(metric, str):
-                if case.eval_fail:
-                    case.eval_fail.pop(metric, None)
-                _workflow_failures(case, execution)
-        elif kind == "evaluation_failed":
-            metric = ev.get("metric_id")
-            if isinstance(metric, str):
-                if case.eval_fail is None:
-                    case.eval_fail = {}
-                case.eval_fail[metric] = _msg(ev.get("error_message"))
 
     # ------------------------------------------------------------------ derived figures
 

@@ -194,12 +194,15 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
     (a run's events mostly come in long stretches). A second `run_started` for a run means
     Themis deleted it and wrote it again (existing_run_policy=rerun): that run starts over.
     """
-    unknown = orphans = 0
+    orphans = 0
     loads = orjson.loads
     current: Optional[str] = None
     run: Optional[V4Run] = None
     fold: Any = None
     apply: Any = None
+    # Unknown and bad events are tallied per run once the rows are folded (not per row):
+    # the fold counts them itself. `seen`: run -> (its fold, that fold's count before these rows).
+    seen: Dict[int, Tuple[V4Run, Any, int]] = {}
     for pos, run_id, data in rows:
         if run_id != current:
             current = run_id
@@ -207,6 +210,8 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
             if run is not None:
                 fold, apply = run.fold, run.fold.apply
                 touched[run_id] = run
+                if id(fold) not in seen:
+                    seen[id(fold)] = (run, fold, fold.unknown_events)
         if run is None:
             orphans += 1
             continue
@@ -215,18 +220,20 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
         except ValueError:
             event = run.decode(pos, data)  # bare NaN/Infinity, or not JSON at all
         if type(event) is dict:
-            if event.get("event_type") == "run_started" and fold.started_pos is not None:
+            if fold.started_pos is not None and event.get("event_type") == "run_started":
                 runs[run_id] = touched[run_id] = run = run.restarted()
                 fold, apply = run.fold, run.fold.apply
-            before = fold.unknown_events
+                seen[id(fold)] = (run, fold, 0)
             apply(pos, event)
-            unknown += fold.unknown_events - before
         elif type(event) is _Undecodable:
             apply(pos, None)  # counted as a bad event, with the decoder's reason below
             fold.last_bad = event.message
         else:
             apply(pos, event)
-        if fold.bad_events:
+    unknown = 0
+    for run, fold, before in seen.values():
+        unknown += fold.unknown_events - before
+        if fold.bad_events and run.fold is fold:
             run.error = f"{fold.bad_events} unreadable event(s); last: {fold.last_bad}"
     return unknown, orphans
 
