@@ -247,3 +247,54 @@ def test_a_fold_sent_between_processes_folds_on_identically():
     assert summary_fields(copy) == summary_fields(fold)
     assert copy.paired_scores() == fold.paired_scores()
     assert {k: c.__reduce__()[1] for k, c in copy.cases.items()} == {k: c.__reduce__()[1] for k, c in fold.cases.items()}
+
+
+def test_sample_order_follows_every_event():
+    """The order is kept between events; any event that changes a case changes it."""
+    fold, feed = fresh(cases=5)
+    feed("run_started")
+    feed.case("c2")
+    assert fold.sample_order() == ["c2"]
+    feed("generation_completed", case_id="c0", candidate_index=0, result={"final_output": "x"})
+    assert fold.sample_order() == ["c2"] and fold.sample_order(True) == ["c2", "c0"]
+    feed("score_completed", case_id="c0", metric_id=METRICS[0], score={"value": 1.0})
+    assert fold.sample_order() == ["c0", "c2"]
+    feed("generation_failed", case_id="c4", candidate_id="k", error_message="boom")
+    assert fold.sample_order() == ["c0", "c2", "c4"]
+
+
+def test_a_big_fold_sent_packed_gives_its_order_and_pages_without_unpacking():
+    """A scan worker sends a big run's detail order along, and a detail worker gets the packed
+    cases as they came: the serving process builds no `Case` objects for a first big page."""
+    import pickle
+
+    from themis_daemon.storage.themis4 import fold as fold_mod
+    from themis_daemon.storage.themis4.fold import PageFold
+
+    fold, feed = fresh(cases=30)
+    feed("run_started")
+    for i in range(0, 30, 2):
+        feed.case(f"c{i}", scores={METRICS[0]: i / 30, METRICS[1]: 1.0})
+    feed("generation_failed", case_id="c5", candidate_id="k", error_message="boom")
+    feed("generation_completed", case_id="c7", candidate_index=0, result={"final_output": "y"})
+    old_ahead = fold_mod.ORDER_AHEAD
+    fold_mod.ORDER_AHEAD = 10
+    try:
+        copy = pickle.loads(pickle.dumps(fold))
+    finally:
+        fold_mod.ORDER_AHEAD = old_ahead
+    for pending in (False, True):
+        assert copy.sample_order(pending) == fold.sample_order(pending)
+    assert "cases" not in copy.__dict__
+    page = fold.sample_order(True)[3:20]
+    shipped = pickle.loads(pickle.dumps(PageFold(copy, page)))
+    assert "cases" not in copy.__dict__  # the packing went as it was
+    direct = pickle.loads(pickle.dumps(PageFold(fold, page)))
+    assert sorted(shipped.cases) == sorted(direct.cases) == sorted(page)
+    assert [shipped.sample(c, {}) for c in page] == [fold.sample(c, {}) for c in page]
+    assert shipped.positions_for(page) == fold.positions_for(page)
+    # once an event arrives, the receiver folds on and its order follows
+    replay = Feed(copy)
+    replay.pos = feed.pos
+    replay.case("c7")
+    assert "c7" in copy.sample_order() and "c7" not in fold.sample_order()

@@ -102,6 +102,8 @@ def _case_from_state(state: tuple) -> Case:
 
 _UNPACK_LOCK = threading.Lock()
 
+ORDER_AHEAD = 2_000  # cases from which a fold sent by a scan worker brings its detail order along
+
 
 def _float(value: Any) -> Optional[float]:
     if isinstance(value, bool):
@@ -283,8 +285,11 @@ class RunFold:
         # Cold scans send hundreds of thousands of cases from worker processes: plain tuples
         # pickle and unpickle several times faster than objects, and the receiver builds the
         # `Case` objects of a run only when something needs them (most runs never change).
+        cases = self.__dict__.get("cases")
+        if cases is not None and len(cases) >= ORDER_AHEAD:
+            self.sample_order()  # a big run's first detail then needs no `Case` objects here
         state = dict(self.__dict__)
-        cases = state.pop("cases", None)
+        state.pop("cases", None)
         if cases is not None:
             state["_packed"] = pickle.dumps((list(cases), list(map(_CASE_STATE, cases.values()))),
                                             protocol=pickle.HIGHEST_PROTOCOL)
@@ -415,7 +420,14 @@ class RunFold:
 
     def sample_order(self, include_pending: bool = False) -> List[str]:
         """Case ids shown in a detail, in dataset order: cases with a score row first (as the
-        1.x API lists evaluated samples), then, if asked, the other cases that have events."""
+        1.x API lists evaluated samples), then, if asked, the other cases that have events.
+        Kept until the next event (every change of a case is one); callers must not modify it."""
+        cached = self.__dict__.get("_order")
+        if cached is None or cached[0] != self.events:
+            cached = self._order = (self.events,) + self._sample_orders()
+        return cached[2] if include_pending else cached[1]
+
+    def _sample_orders(self) -> Tuple[List[str], List[str]]:
         scored, other = [], []
         seen = set()
         for case_id in self.case_order:
@@ -427,7 +439,7 @@ class RunFold:
         for case_id, case in self.cases.items():  # cases outside the dataset (should not happen)
             if case_id not in seen:
                 (scored if case.scores or case.score_err else other).append(case_id)
-        return scored + other if include_pending else scored
+        return scored, scored + other
 
     def positions_for(self, case_ids: List[str]) -> List[int]:
         """Store positions of the events a detail page needs for these cases."""
@@ -518,18 +530,31 @@ class RunFold:
 class PageFold:
     """The part of a run's fold that building some detail samples needs (those cases, the
     metrics, the prompt spec): what a worker process receives to build a share of a big page.
-    Its cases travel as plain tuples, which pickle several times faster than objects."""
+    Its cases travel as plain tuples, which pickle several times faster than objects; a fold
+    that still holds its cases packed (as a first scan sent them, for a run that has not
+    changed since) sends that packing as it is, and the worker picks its cases out of it."""
 
-    __slots__ = ("cases", "metric_ids", "prompt_spec")
+    __slots__ = ("_cases", "_packed", "_ids", "metric_ids", "prompt_spec")
 
     def __init__(self, fold: "RunFold", case_ids: List[str]):
-        cases = fold.cases
-        self.cases = {cid: cases[cid] for cid in case_ids if cid in cases}
+        packed = fold.__dict__.get("_packed") if "cases" not in fold.__dict__ else None
+        self._packed, self._ids = packed, case_ids
+        self._cases = None if packed is not None else {cid: fold.cases[cid] for cid in case_ids if cid in fold.cases}
         self.metric_ids = fold.metric_ids
         self.prompt_spec = fold.prompt_spec
 
+    @property
+    def cases(self) -> Dict[str, Case]:
+        if self._cases is None:
+            keys, states = pickle.loads(self._packed)
+            wanted = set(self._ids)
+            self._cases = {k: _case_from_state(st) for k, st in zip(keys, states) if k in wanted}
+        return self._cases
+
     def __reduce__(self):
-        return (_page_fold, (list(self.cases), list(map(_CASE_STATE, self.cases.values())),
+        if self._cases is None:
+            return (_page_fold_packed, (self._packed, self._ids, self.metric_ids, self.prompt_spec))
+        return (_page_fold, (list(self._cases), list(map(_CASE_STATE, self._cases.values())),
                              self.metric_ids, self.prompt_spec))
 
     sample = RunFold.sample
@@ -539,7 +564,16 @@ class PageFold:
 
 def _page_fold(keys: List[str], states: List[tuple], metric_ids: Any, prompt_spec: Any) -> PageFold:
     page = PageFold.__new__(PageFold)
-    page.cases = dict(zip(keys, map(_case_from_state, states)))
+    page._cases = dict(zip(keys, map(_case_from_state, states)))
+    page._packed = page._ids = None
+    page.metric_ids = metric_ids
+    page.prompt_spec = prompt_spec
+    return page
+
+
+def _page_fold_packed(packed: bytes, case_ids: List[str], metric_ids: Any, prompt_spec: Any) -> PageFold:
+    page = PageFold.__new__(PageFold)
+    page._cases, page._packed, page._ids = None, packed, case_ids
     page.metric_ids = metric_ids
     page.prompt_spec = prompt_spec
     return page
