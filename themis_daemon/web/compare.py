@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from typing import Any, Dict, List, Optional, Tuple
@@ -97,10 +96,9 @@ class CompareHandler(BaseHandler):
                 runs.append((r, scores))
             return runs
 
-        loop = asyncio.get_running_loop()
         daemon.jobs["compare_running"] += 1
         try:
-            runs = await loop.run_in_executor(daemon.executor, gather)
+            runs = await self.read_store("Run scores", gather)  # a run removed meanwhile: 404
             if gone.is_set() or daemon.stopping:
                 raise Cancelled()
             result = await daemon.stats.run(runs, kwargs, on_slot=self._queued)

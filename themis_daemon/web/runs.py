@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import jsonutil
-from ..storage import STATUSES, RunNotFound, Unavailable
+from ..storage import STATUSES, RunNotFound
 from .base import ApiError, BaseHandler
 from .replay import Recorder, Recording
 
@@ -170,12 +170,7 @@ class RunHandler(CachedBodyMixin, BaseHandler):
         page = (offset, limit, pending)
         hit = self.daemon.cache.get(("run", run_id, state.version, stalled, page))
         if hit is None:
-            loop = asyncio.get_running_loop()
-            try:
-                body, etag, version = await loop.run_in_executor(self.daemon.executor, self._render, run_id, stalled, page)
-            except Unavailable as exc:
-                raise ApiError(503, f"Run details cannot be read right now: {exc}",
-                               headers={"Retry-After": "1"}) from None
+            body, etag, version = await self.read_store("Run details", self._render, run_id, stalled, page)
             hit = (body, etag)
             self.daemon.cache.put(("run", run_id, version, stalled, page), hit, group=("run", run_id),
                                   version=(version, stalled))
