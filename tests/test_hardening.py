@@ -242,6 +242,19 @@ async def test_bad_name_run_list_is_served_escaped(http_client, base_url):
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_bad_name_run_can_be_compared_under_its_listed_name(http_client, base_url):
+    resp, result = await fetch(http_client, base_url + "/api/compare", method="POST",
+                               body=json.dumps({"run_ids": ["fake-direct", "fake-%FF%FEterse"]}),
+                               headers={"Content-Type": "application/json"})
+    assert resp.code == 200, result
+    assert "fake-%FF%FEterse" in json.dumps(result)
+    resp, body = await fetch(http_client, base_url + "/api/compare", method="POST",
+                             body=json.dumps({"run_ids": ["fake-%FF%FEterse", "fake-%FF%FEterse"]}),
+                             headers={"Content-Type": "application/json"})
+    assert resp.code == 400 and "repeated: fake-%FF%FEterse" in body["detail"], body
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_bad_name_run_does_not_silence_websocket_subscribers(base_url, store_root):
     conn = await ws_connect(base_url)
     await conn.write_message(json.dumps({"type": "subscribe", "run_id": "*"}))

@@ -188,6 +188,18 @@ async def test_run_id_prefix(http_client, base_url, backend):
     if len(common) >= 8:
         resp, body = await get(http_client, base_url, f"/api/runs/{common}")
         assert resp.code == 404 and "2 runs" in body["detail"]
+    # POST /api/compare names runs the same way; the answer carries the full ids
+    body = json.dumps({"run_ids": [full[:10], ids["beta"][:12]], "statistical_test": "t_test"})
+    resp, result = await get(http_client, base_url, "/api/compare", method="POST", body=body)
+    assert resp.code == 200, result
+    assert {(r["run_a"], r["run_b"]) for r in result["pairwise_results"]} == {(full, ids["beta"])}
+    body = json.dumps({"run_ids": [full[:8], full]})
+    resp, result = await get(http_client, base_url, "/api/compare", method="POST", body=body)
+    assert resp.code == 400 and "repeated" in result["detail"], result
+    if len(common) >= 8:
+        body = json.dumps({"run_ids": [common, full]})
+        resp, result = await get(http_client, base_url, "/api/compare", method="POST", body=body)
+        assert resp.code == 404 and "2 runs" in result["detail"]
 
 
 @pytest.mark.gen_test(timeout=60)

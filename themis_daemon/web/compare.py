@@ -52,9 +52,9 @@ class CompareHandler(BaseHandler):
         run_ids = body.get("run_ids")
         # The original's order of checks: unknown run (404), then count (400), then test (400).
         if isinstance(run_ids, list) and all(isinstance(r, str) for r in run_ids):
-            for run_id in run_ids:
-                if run_id not in store:
-                    raise ApiError(404, f"Run not found: {run_id}")
+            # Runs are named as GET /api/runs/{id} names them: the id, a unique prefix of a
+            # Themis 4 id, or a folder name with undecodable bytes as listed (`run-%FF`).
+            run_ids = [self.resolve_run(ref) for ref in run_ids]
             if len(run_ids) < 2:
                 raise ApiError(400, "Need at least 2 runs to compare")
             repeated = sorted({r for r in run_ids if run_ids.count(r) > 1})
