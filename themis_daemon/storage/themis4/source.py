@@ -7,6 +7,7 @@ serves summaries, details and scores through the same interface as the Themis 1.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import multiprocessing
@@ -339,11 +340,17 @@ def _score_details(reader: EventReader, run_id: str, fold: Any, page: List[str],
     return out
 
 
-def _warm_detail_worker() -> int:
-    """Run once in each new detail worker: the imports a share of a page needs, done ahead."""
+def _warm_detail_worker(kind: str = "sqlite") -> int:
+    """Run once in each new detail worker: the imports a share of a page needs, done ahead
+    (for PostgreSQL the driver too: importing psycopg took a first big page 100 ms)."""
     from . import readers, sqlite  # noqa: F401
     from ... import jsonutil  # noqa: F401
 
+    if kind == "postgres":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            pass  # the share's reader says so
     return os.getpid()
 
 
@@ -355,10 +362,12 @@ def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str,
     from .readers import make_reader
 
     reader = make_reader(kind, location, **options)
+    # The run's snapshot (its dataset's references and inputs) is read on a connection of its
+    # own while the events are extracted: from PostgreSQL it takes tens of milliseconds.
+    snapshot = _Background(_read_snapshot, kind, location, options, run_id)
     try:
-        raw = reader.snapshot(run_id)  # its references and inputs are decoded while events are read
-
         def dataset() -> Optional[Dict[str, Any]]:
+            raw = snapshot.result()
             try:
                 return _dataset_share(describe_snapshot(decode(raw)), page) if raw is not None else None
             except (ValueError, UnicodeDecodeError):
@@ -367,8 +376,44 @@ def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str,
         samples = build_samples(reader, run_id, fold, page, pending, dataset, contextlib.nullcontext(),
                                 include_pending)
     finally:
+        snapshot.wait()
         reader.close()
     return jsonutil.dumpb(samples)
+
+
+def _read_snapshot(kind: str, location: str, options: Dict[str, Any], run_id: str) -> Any:
+    from .readers import make_reader
+
+    reader = make_reader(kind, location, **options)
+    try:
+        return reader.snapshot(run_id)
+    finally:
+        reader.close()
+
+
+class _Background:
+    """`fn(*args)` on a thread from now on; `result()` waits for it and returns or raises."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="themis4-snapshot", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], args: tuple) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:  # handed to the caller of result()
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _dataset_share(dataset: Optional[Dict[str, Any]], page: List[str]) -> Optional[Dict[str, Any]]:
@@ -399,7 +444,8 @@ class Themis4Source:
         self.name = name or reader.describe()
         # Big detail pages are built by these worker processes (`detail_workers` of them, 0:
         # here), started once a run is that big: decoding thousands of events holds the GIL.
-        self.details = DetailWorkers(self.name, detail_workers, warm=_warm_detail_worker)
+        self.details = DetailWorkers(self.name, detail_workers,
+                                     warm=functools.partial(_warm_detail_worker, reader.kind))
         self.root = reader.describe()
         self.clock = clock
         self._runs: Dict[str, V4Run] = {}
