@@ -189,7 +189,8 @@ def install_tx_timing(txlog: str, worker: bool = False) -> None:
     ``_query`` is its own autocommit transaction (``stmt``). For a poll, first_ms is the
     duration of its first statement, which includes any wait for the writer's lock (busy
     timeout 50 ms): the SHARED lock is held for about duration - first_ms. PostgreSQL: every
-    ``_run`` is one transaction, named ``pg-<caller>``. In the daemon's scan worker processes
+    ``_run`` is one transaction, named ``pg-<caller>`` (a connection it must open first is
+    opened before the clock starts: no transaction is open while connecting). In the daemon's scan worker processes
     (``worker``), kinds get a ``w`` prefix."""
     from themis_daemon.storage.themis4 import postgres as pgm
     from themis_daemon.storage.themis4 import sqlite as sqm
@@ -257,6 +258,10 @@ def install_tx_timing(txlog: str, worker: bool = False) -> None:
 
     def pg_run(self, work):
         kind = "pg-" + (getattr(tls, "tag", None) or "other")
+        try:
+            self._connection()  # connecting (and importing the driver) opens no transaction: not timed
+        except Exception:
+            pass  # `_run` meets the same error and reports it
         t0w, t0 = time.time(), time.perf_counter()
         ok, out = False, None
         try:
