@@ -197,16 +197,23 @@ def stall(store: Path, big: Path, expected: int, big_ids: List[str]) -> Dict[str
 
 def bare_body_main(path: str, max_seconds: float) -> int:
     """``--_bare-body FILE SECONDS``: a bare Tornado handler answering GET / with FILE's bytes
-    (the daemon's own list body), to tell the cost of the body from the daemon's own."""
+    (the daemon's own list body) and an ETag computed once, to tell the cost of moving the body
+    from the daemon's own."""
     import asyncio
 
     import tornado.httpserver
     import tornado.netutil
     import tornado.web
 
+    import hashlib
+
     body = Path(path).read_bytes()
+    etag = '"%s"' % hashlib.sha1(body).hexdigest()
 
     class Body(tornado.web.RequestHandler):
+        def compute_etag(self) -> str:
+            return etag  # computed once, as the daemon does (Tornado's default hashes every answer)
+
         def get(self) -> None:
             self.set_header("Content-Type", "application/json")
             self.finish(body)
