@@ -86,3 +86,42 @@ def test_a_killed_detail_worker_is_replaced_and_no_page_is_lost(tmp_path, monkey
         assert source.details.pool is not None and source.details.pool is not pool
     finally:
         sources.close()
+
+
+def test_postgres_detail_workers_keep_their_connections_and_survive_a_restart(pg_fixture_db, monkeypatch):
+    """Each detail worker connects to PostgreSQL once, when it starts (a connection costs a
+    server process and a password exchange), keeps its connections between pages, and
+    reconnects after the server restarts."""
+    monkeypatch.setattr(source_mod, "PAGE_MIN", 1)
+    server, db = pg_fixture_db.server, pg_fixture_db.dbname
+    sources = open_sources([str(pg_fixture_db)])
+
+    def backends():
+        out = server.psql("postgres", "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity "
+                                      f"WHERE datname = '{db}' AND usename = '{pg_fixture_db.user}'")
+        return set(filter(None, out.split(",")))
+
+    try:
+        sources.refresh()
+        source = sources.sources[0]
+        if not source.details.enabled:
+            pytest.skip("one CPU: details are always built in this process")
+        run_id = max(sources.summaries(), key=lambda s: s.get("num_samples") or 0)["run_id"]
+        expected, first, samples = bodies(sources, run_id)
+        assert first == expected and isinstance(samples, jsonutil.Encoded)
+        kept = backends()
+        # the serving process's connection, and two per detail worker that has built a share
+        # (the pool hands shares to whichever worker is free)
+        assert 3 <= len(kept) <= 1 + 2 * source.details.count, kept
+        for _ in range(3):
+            assert bodies(sources, run_id)[1] == expected
+            now = backends()
+            assert kept <= now and len(now) <= 1 + 2 * source.details.count, (kept, now)  # none closed
+            kept = now
+        server.restart()
+        sources.refresh()
+        _, after, samples = bodies(sources, run_id)
+        assert after == expected and isinstance(samples, jsonutil.Encoded)
+        assert source.details.pool is not None
+    finally:
+        sources.close()

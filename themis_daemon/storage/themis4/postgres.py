@@ -199,6 +199,11 @@ class PostgresReader(EventReader):
     def options(self) -> Dict[str, Any]:
         return {"batch": self.batch, "password_file": self.password_file}
 
+    def open(self) -> None:
+        """Connect now rather than at the first query (a detail worker, ahead of its first page)."""
+        with self._lock:
+            self._connection()
+
     # ------------------------------------------------------------------ parallel first scan
 
     def cold_mark(self) -> Optional[Dict[str, Any]]:

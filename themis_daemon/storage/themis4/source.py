@@ -340,18 +340,44 @@ def _score_details(reader: EventReader, run_id: str, fold: Any, page: List[str],
     return out
 
 
-def _warm_detail_worker(kind: str = "sqlite") -> int:
-    """Run once in each new detail worker: the imports a share of a page needs, done ahead
-    (for PostgreSQL the driver too: importing psycopg took a first big page 100 ms)."""
+def _warm_detail_worker(kind: str = "sqlite", location: Optional[str] = None,
+                        options: Optional[Dict[str, Any]] = None) -> int:
+    """Run once in each new detail worker: the imports a share of a page needs, done ahead, and
+    for PostgreSQL its two connections (the driver's import and a connection, with its server
+    process and password exchange, cost a first big page over 100 ms)."""
     from . import readers, sqlite  # noqa: F401
     from ... import jsonutil  # noqa: F401
 
-    if kind == "postgres":
+    if kind == "postgres" and location is not None:
         try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            pass  # the share's reader says so
+            for role in _SHARE_READERS:
+                _share_reader(role, kind, location, options or {}).open()
+        except Exception:  # noqa: BLE001 - unreachable now: the share's reader reports it then
+            pass
     return os.getpid()
+
+
+# A detail worker's PostgreSQL readers, kept open between shares: (role, location, options) ->
+# reader. Other stores are opened per share (an SQLite file may be replaced meanwhile).
+_KEPT_READERS: Dict[Tuple[Any, ...], Any] = {}
+_SHARE_READERS = ("events", "snapshot")  # a share reads its snapshot while its events are read
+
+
+def _share_reader(role: str, kind: str, location: str, options: Dict[str, Any]) -> Any:
+    from .readers import make_reader
+
+    if kind != "postgres":
+        return make_reader(kind, location, **options)
+    key = (role, location, tuple(sorted(options.items())))
+    reader = _KEPT_READERS.get(key)
+    if reader is None:
+        reader = _KEPT_READERS[key] = make_reader(kind, location, **options)
+    return reader
+
+
+def _done_with(reader: Any, kind: str) -> None:
+    if kind != "postgres":
+        reader.close()
 
 
 def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str, fold: Any,
@@ -359,9 +385,8 @@ def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str,
     """A share of a big detail page, built and encoded in a worker process (module level:
     picklable); the page's owner splices the encoded shares into one body."""
     from ... import jsonutil
-    from .readers import make_reader
 
-    reader = make_reader(kind, location, **options)
+    reader = _share_reader("events", kind, location, options)
     # The run's snapshot (its dataset's references and inputs) is read on a connection of its
     # own while the events are extracted: from PostgreSQL it takes tens of milliseconds.
     snapshot = _Background(_read_snapshot, kind, location, options, run_id)
@@ -377,18 +402,16 @@ def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str,
                                 include_pending)
     finally:
         snapshot.wait()
-        reader.close()
+        _done_with(reader, kind)
     return jsonutil.dumpb(samples)
 
 
 def _read_snapshot(kind: str, location: str, options: Dict[str, Any], run_id: str) -> Any:
-    from .readers import make_reader
-
-    reader = make_reader(kind, location, **options)
+    reader = _share_reader("snapshot", kind, location, options)
     try:
         return reader.snapshot(run_id)
     finally:
-        reader.close()
+        _done_with(reader, kind)
 
 
 class _Background:
@@ -445,7 +468,8 @@ class Themis4Source:
         # Big detail pages are built by these worker processes (`detail_workers` of them, 0:
         # here), started once a run is that big: decoding thousands of events holds the GIL.
         self.details = DetailWorkers(self.name, detail_workers,
-                                     warm=functools.partial(_warm_detail_worker, reader.kind))
+                                     warm=functools.partial(_warm_detail_worker, reader.kind, reader.location,
+                                                            reader.options()))
         self.root = reader.describe()
         self.clock = clock
         self._runs: Dict[str, V4Run] = {}
