@@ -298,3 +298,43 @@ def test_a_big_fold_sent_packed_gives_its_order_and_pages_without_unpacking():
     replay.pos = feed.pos
     replay.case("c7")
     assert "c7" in copy.sample_order() and "c7" not in fold.sample_order()
+
+
+def test_readers_on_other_threads_while_a_poll_adds_cases():
+    """A detail, a comparison or a summary reads a live run's fold on a request thread while
+    the refresh thread adds cases to it: no 'dictionary changed size during iteration'."""
+    import threading
+    import time
+
+    fold = RunFold("r" * 64, snapshot(cases=4))
+    feed = Feed(fold)
+    feed("run_started")
+    for i in range(3000):
+        feed.case(f"c{i}")
+    stop = threading.Event()
+    errors = []
+
+    def poll():
+        i = 3000
+        while not stop.is_set() and i < 400_000:  # bounded
+            feed("generation_completed", case_id=f"c{i}", candidate_index=0, result={"final_output": "x"})
+            feed("score_completed", case_id=f"c{i}", metric_id=METRICS[0], score={"value": 1.0})
+            i += 1
+
+    writer = threading.Thread(target=poll)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            try:
+                fold.sample_order(True)
+                fold.paired_scores()
+                fold.counts()
+                fold.metric_means()
+            except RuntimeError as exc:  # noqa: PERF203 - what the test looks for
+                errors.append(str(exc))
+                break
+    finally:
+        stop.set()
+        writer.join()
+    assert not errors, errors

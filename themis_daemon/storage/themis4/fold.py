@@ -246,7 +246,11 @@ assert set(_CASE_HANDLERS) == CASE_EVENTS
 
 
 class RunFold:
-    """Incremental fold of one run. `apply` must see the run's events in store order."""
+    """Incremental fold of one run. `apply` must see the run's events in store order.
+
+    One thread applies events (a store's refresh) while request threads read the same fold:
+    readers iterate copies of the case table (`list(...)`, taken in one step under the GIL),
+    since a poll may add a case in the middle of their loop."""
 
     def __init__(self, run_id: str, snapshot: Optional[Dict[str, Any]] = None, info: Optional[Dict[str, Any]] = None):
         """From the run's snapshot, or from `info` (what `describe_snapshot` kept of it), so a
@@ -375,7 +379,7 @@ class RunFold:
         """Distinct-case progress counts (§8)."""
         metrics = self.metric_ids
         generated = evaluated = failed = scored = done = 0
-        for case in self.cases.values():
+        for case in list(self.cases.values()):  # a copy: a poll may add cases meanwhile
             if case.gen is not None:
                 generated += 1
             scores, errs = case.scores or _EMPTY, case.score_err or _EMPTY
@@ -394,10 +398,10 @@ class RunFold:
         """Per metric, the mean over non-error rows (Themis' `metric_means`, from events)."""
         sums: Dict[str, List[float]] = {}
         metrics = self.metric_ids
-        for case in self.cases.values():
+        for case in list(self.cases.values()):
             if not case.scores:
                 continue
-            names: Iterable[str] = metrics or case.scores.keys()
+            names: Iterable[str] = metrics or list(case.scores)
             for metric in names:
                 if metric not in case.scores or case.row_error(metric) is not None:
                     continue
@@ -412,8 +416,8 @@ class RunFold:
     def paired_scores(self) -> Dict[str, Dict[str, List[float]]]:
         """Per metric, per case id, the score of every non-error row (what compare pairs on)."""
         out: Dict[str, Dict[str, List[float]]] = {}
-        for case_id, case in self.cases.items():
-            for metric, value in (case.scores or _EMPTY).items():
+        for case_id, case in list(self.cases.items()):
+            for metric, value in list((case.scores or _EMPTY).items()):
                 if case.row_error(metric) is None:
                     out.setdefault(metric, {})[case_id] = [value]
         return out
@@ -436,7 +440,7 @@ class RunFold:
             if case is None:
                 continue
             (scored if case.scores or case.score_err or case.has_failure() else other).append(case_id)
-        for case_id, case in self.cases.items():  # cases outside the dataset (should not happen)
+        for case_id, case in list(self.cases.items()):  # cases outside the dataset (should not happen)
             if case_id not in seen:
                 (scored if case.scores or case.score_err else other).append(case_id)
         return scored, scored + other
@@ -459,7 +463,7 @@ class RunFold:
         for case_id in case_ids:
             case = self.cases.get(case_id)
             if case is not None and case.score_det:
-                for metric, pos in case.score_det.items():
+                for metric, pos in list(case.score_det.items()):
                     out[pos] = (case_id, metric)
         return out
 
