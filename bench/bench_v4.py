@@ -18,7 +18,9 @@ Per backend:
 
 1. cold start: ``python -m themis_daemon serve --storage S --port 0 --poll-interval 0.5``
    spawned until the first ``GET /api/runs`` listing every run (target < 5 s SQLite,
-   < 10 s PostgreSQL);
+   < 10 s PostgreSQL). ``--cold-repeats N`` (default 3) starts N daemons in all, one after
+   the other, each also timing its first big detail (5.) 5 s after its list; the median of
+   the N is judged and every start is shown;
 2. warm ``GET /api/runs``, 32 connections (wrk, or a Python asyncio client): req/s and p99
    (>= 2,000 req/s, p99 < 50 ms), and a bare Tornado app returning a small JSON dict measured
    with the same client in the same run, and the ratio;
@@ -28,7 +30,8 @@ Per backend:
 4. latency of a new event to a ``*`` WebSocket subscriber (< poll 0.5 s + 100 ms): a live
    ``Themis4Writer`` run writes one case every 0.5-1.0 s; latency = arrival of the first
    message whose ``evaluated`` count includes the case - commit of the case's last event;
-5. ``GET /api/runs/{big run}``: first request after start, then warm (< 250 ms, < 20 ms);
+5. ``GET /api/runs/{big run}``: first request after start (median of the starts, see 1.), then
+   warm (< 250 ms, < 20 ms);
 6. daemon VmRSS after all of the above (< 400 MB);
 7. read transactions while a writer writes (p99 < 20 ms): a writer process (live mode, one
    commit per event/blob/cache row, flat out) runs alone, then with a daemon polling every
@@ -643,6 +646,13 @@ async def ws_latency(port: int, make_writer, steps: int, poll: float, seed: int 
     return res
 
 
+def median_or_none(values: List[Optional[float]]) -> Optional[float]:
+    """The median of the runs that finished; None if one did not (a start that failed is a miss)."""
+    if not values or any(v is None for v in values):
+        return None
+    return statistics.median(values)
+
+
 def daemon_run(backend: str, storage: str, expected: int, big: int, args, make_writer) -> Dict[str, Any]:
     from bench_rest import measure_cold_start, run_load
 
@@ -707,7 +717,38 @@ def daemon_run(backend: str, storage: str, expected: int, big: int, args, make_w
     finally:
         R["daemon_log_tail"] = d.log_text(1500)
         d.stop()
+    # 1b/5b. more cold starts, each with its first big detail: one start is at the mercy of the
+    # machine's speed of the moment (it moves by up to half on this VM)
+    R["cold_runs"] = [R["cold"].get("t_cold")]
+    R["detail_cold_runs"] = [(R.get("detail") or {}).get("cold_ms")]
+    for i in range(max(0, args.cold_repeats - 1)):
+        log("%s: cold start %d of %d ..." % (backend, i + 2, args.cold_repeats))
+        tc, dms = cold_probe(storage, expected, R.get("big_run_id"), args, env)
+        R["cold_runs"].append(tc)
+        R["detail_cold_runs"].append(dms)
+        log("%s: cold start %s s, first detail %s ms" % (backend, fmt(tc, "", 2), fmt(dms, "", 0)))
     return R
+
+
+PROBE_SETTLE_S = 5.0  # after the first list: the detail workers and the statistics process start
+
+
+def cold_probe(storage: str, expected: int, big_id: Optional[str], args, env: Dict[str, str]
+               ) -> Tuple[Optional[float], Optional[float]]:
+    """A fresh daemon: (seconds to the first complete list, ms of the big run's first detail)."""
+    from bench_rest import measure_cold_start
+
+    d = DaemonProcess(storage, poll_interval=POLL_WS, env=env)
+    try:
+        cold = measure_cold_start(d, expected, args.cold_timeout)
+        dms = None
+        if big_id and cold.get("t_cold") is not None:
+            time.sleep(PROBE_SETTLE_S)  # as in the main run, where the detail comes after the list load
+            st, _body, t = http_get(d.port, "/api/runs/" + big_id, 120)
+            dms = t * 1000.0 if st == 200 else None
+        return cold.get("t_cold"), dms
+    finally:
+        d.stop()
 
 
 # --------------------------------------------------------------------------- 3. poll CPU (in-process)
@@ -1128,9 +1169,13 @@ def report(backend: str, B: Dict[str, Any], args, vars_: Dict[str, str]) -> Tupl
     tc = cold.get("t_cold")
     tgt = TARGETS["cold_s"][backend]
     if D:
-        add("cold start to first complete `GET /api/runs` (%s runs)" % cold.get("listed", B.get("expected")),
-            fmt(tc, " s", 2) + (" (listening after %s s)" % fmt(cold.get("t_listen"), "", 2) if tc else cold.get("error", "")),
-            "< %.0f s" % tgt, serve + " then `GET /api/runs` every 20 ms", tc is not None and tc < tgt)
+        runs_c = D.get("cold_runs") or [tc]
+        tcm = median_or_none(runs_c)
+        add("cold start to first complete `GET /api/runs` (%s runs), median of %d starts" % (
+                cold.get("listed", B.get("expected")), len(runs_c)),
+            fmt(tcm, " s", 2) + (" (starts: %s s; the first listening after %s s)" % (
+                ", ".join(fmt(x, "", 2) for x in runs_c), fmt(cold.get("t_listen"), "", 2)) if tcm else cold.get("error", "")),
+            "< %.0f s" % tgt, serve + " then `GET /api/runs` every 20 ms", tcm is not None and tcm < tgt)
     lst, bare = D.get("list") or {}, D.get("bare") or {}
     rps, p99 = lst.get("rps"), lst.get("p99_ms")
     errs = (lst.get("non2xx") or 0) + (lst.get("socket_errors") or 0)
@@ -1168,10 +1213,14 @@ def report(backend: str, B: Dict[str, Any], args, vars_: Dict[str, str]) -> Tupl
     det = D.get("detail") or {}
     if det:
         good = det.get("status") == 200 and det.get("samples") == B.get("big")
-        add("`GET /api/runs/{id}` of the %s-case run (%.1f MB), first request" % (format(B.get("big"), ","), det["bytes"] / 1e6),
-            fmt(det["cold_ms"], " ms", 0) + ("" if good else " (HTTP %s, %s samples!)" % (det.get("status"), det.get("samples"))),
+        runs_d = D.get("detail_cold_runs") or [det["cold_ms"]]
+        dm = median_or_none(runs_d)
+        add("`GET /api/runs/{id}` of the %s-case run (%.1f MB), first request, median of %d starts" % (
+                format(B.get("big"), ","), det["bytes"] / 1e6, len(runs_d)),
+            fmt(dm, " ms", 0) + " (starts: %s ms)" % ", ".join(fmt(x, "", 0) for x in runs_d)
+            + ("" if good else " (HTTP %s, %s samples!)" % (det.get("status"), det.get("samples"))),
             "< %.0f ms" % TARGETS["detail_cold_ms"], "`GET /api/runs/<big run id>` (urllib, new connection)",
-            good and det["cold_ms"] < TARGETS["detail_cold_ms"])
+            good and dm is not None and dm < TARGETS["detail_cold_ms"])
         add("  same, warm (median of %d)" % len(det["warm_ms"]), "%s ms (max %s ms)" % (fmt(det["warm_median_ms"], "", 1), fmt(max(det["warm_ms"]), "", 1)),
             "< %.0f ms" % TARGETS["detail_warm_ms"], "same", good and det["warm_median_ms"] < TARGETS["detail_warm_ms"])
     proc = D.get("proc") or {}
@@ -1311,9 +1360,10 @@ def bench_backend(backend: str, args, work: Path, pg: Optional[PgStores]) -> Dic
                                                        dist_text(B["tx"]["reader"]["cold"])))
         # profiles: always when asked, else when the cold start or the cold detail missed
         D = B.get("daemon") or {}
-        tc = (D.get("cold") or {}).get("t_cold")
+        tc = median_or_none(D.get("cold_runs") or [(D.get("cold") or {}).get("t_cold")])
         miss_cold = bool(D) and (tc is None or tc >= TARGETS["cold_s"][backend])
-        miss_det = (D.get("detail") or {}).get("cold_ms", 0) >= TARGETS["detail_cold_ms"]
+        dm = median_or_none(D.get("detail_cold_runs") or [(D.get("detail") or {}).get("cold_ms")])
+        miss_det = dm is not None and dm >= TARGETS["detail_cold_ms"]
         if args.profile or miss_cold or miss_det:
             log("%s: profiling an in-process cold scan ..." % backend)
             out_dir = work if args.work else HERE / "out"
@@ -1353,6 +1403,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--polls", type=int, default=None, help="polls timed for 3. (default 500, --quick 100)")
     p.add_argument("--ws-events", type=int, default=None, help="live cases written for 4. (default 30, --quick 8)")
     p.add_argument("--detail-warm", type=int, default=10, help="warm detail requests (default 10)")
+    p.add_argument("--cold-repeats", type=int, default=3,
+                   help="cold starts, each with a first big detail; the median is judged (default 3)")
     p.add_argument("--tx-seconds", type=float, default=None, help="seconds per writer phase for 7. (default 8, --quick 3)")
     p.add_argument("--writer-gap", type=float, default=0.0, help="seconds between the writer's cases in 7. (default 0: flat out)")
     p.add_argument("--cold-timeout", type=float, default=300.0)
