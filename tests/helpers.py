@@ -78,3 +78,25 @@ def kill_pool_processes(pool) -> None:
     for proc in list(pool._processes.values()):
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(30)
+
+
+def detail_bodies(sources, run_id, **page):
+    """A detail page built in this process and by the detail workers, each encoded as served,
+    and the workers' samples (a `jsonutil.Encoded` when they built it)."""
+    from themis_daemon import jsonutil
+
+    here, _ = sources.detail_versioned(run_id, **page)
+    there, _ = sources.detail_versioned(run_id, encoded=True, **page)
+    return jsonutil.dumpb_sliced(here, "samples"), jsonutil.dumpb_sliced(there, "samples"), there["samples"]
+
+
+def refreshed_with_detail_workers(sources):
+    """Refresh `sources` and return its first source; skip where detail workers cannot run (one
+    CPU: details are always built in the serving process)."""
+    import pytest
+
+    sources.refresh()
+    source = sources.sources[0]
+    if not source.details.enabled:
+        pytest.skip("one CPU: details are always built in this process")
+    return source

@@ -13,7 +13,7 @@ from themis_daemon.storage import open_sources
 from themis_daemon.storage.themis4 import source as source_mod
 
 from conftest import DATA
-from helpers import kill_pool_processes
+from helpers import detail_bodies, kill_pool_processes, refreshed_with_detail_workers
 
 
 @pytest.fixture(params=("sqlite", "jsonl", "postgres"))
@@ -33,10 +33,6 @@ def spec(request, tmp_path):
     return str(request.getfixturevalue("pg_fixture_db"))
 
 
-def bodies(sources, run_id, **page):
-    here, _ = sources.detail_versioned(run_id, **page)
-    there, _ = sources.detail_versioned(run_id, encoded=True, **page)
-    return jsonutil.dumpb_sliced(here, "samples"), jsonutil.dumpb_sliced(there, "samples"), there["samples"]
 
 
 def test_detail_pages_built_by_workers_equal_this_process(spec, monkeypatch):
@@ -53,7 +49,7 @@ def test_detail_pages_built_by_workers_equal_this_process(spec, monkeypatch):
         shown = 0
         for run_id in run_ids:
             for page in ({}, {"include_pending": True}, {"offset": 1, "limit": 3}):
-                here, there, samples = bodies(sources, run_id, **page)
+                here, there, samples = detail_bodies(sources, run_id, **page)
                 assert here == there, (run_id, page)
                 if isinstance(samples, jsonutil.Encoded):
                     shown += 1
@@ -70,18 +66,15 @@ def test_a_killed_detail_worker_is_replaced_and_no_page_is_lost(tmp_path, monkey
     monkeypatch.setattr(source_mod, "PAGE_MIN", 1)
     sources = open_sources([path])
     try:
-        sources.refresh()
-        source = sources.sources[0]
-        if not source.details.enabled:
-            pytest.skip("one CPU: details are always built in this process")
+        source = refreshed_with_detail_workers(sources)
         run_id = max(sources.summaries(), key=lambda s: s.get("num_samples") or 0)["run_id"]
-        expected, first, _ = bodies(sources, run_id)
+        expected, first, _ = detail_bodies(sources, run_id)
         assert first == expected
         pool = source.details.pool
         kill_pool_processes(pool)
         again, _ = sources.detail_versioned(run_id, encoded=True)
         assert jsonutil.dumpb_sliced(again, "samples") == expected  # built here while the pool was broken
-        here, there, samples = bodies(sources, run_id)
+        here, there, samples = detail_bodies(sources, run_id)
         assert there == expected and isinstance(samples, jsonutil.Encoded)
         assert source.details.pool is not None and source.details.pool is not pool
     finally:
@@ -102,25 +95,22 @@ def test_postgres_detail_workers_keep_their_connections_and_survive_a_restart(pg
         return set(filter(None, out.split(",")))
 
     try:
-        sources.refresh()
-        source = sources.sources[0]
-        if not source.details.enabled:
-            pytest.skip("one CPU: details are always built in this process")
+        source = refreshed_with_detail_workers(sources)
         run_id = max(sources.summaries(), key=lambda s: s.get("num_samples") or 0)["run_id"]
-        expected, first, samples = bodies(sources, run_id)
+        expected, first, samples = detail_bodies(sources, run_id)
         assert first == expected and isinstance(samples, jsonutil.Encoded)
         kept = backends()
         # the serving process's connection, and two per detail worker that has built a share
         # (the pool hands shares to whichever worker is free)
         assert 3 <= len(kept) <= 1 + 2 * source.details.count, kept
         for _ in range(3):
-            assert bodies(sources, run_id)[1] == expected
+            assert detail_bodies(sources, run_id)[1] == expected
             now = backends()
             assert kept <= now and len(now) <= 1 + 2 * source.details.count, (kept, now)  # none closed
             kept = now
         server.restart()
         sources.refresh()
-        _, after, samples = bodies(sources, run_id)
+        _, after, samples = detail_bodies(sources, run_id)
         assert after == expected and isinstance(samples, jsonutil.Encoded)
         assert source.details.pool is not None
     finally:

@@ -53,12 +53,13 @@ class DetailWorkers:
     def enabled(self) -> bool:
         return self.count >= 2
 
-    def note(self, sizes: Any) -> None:
-        """Remember whether some run (of these sample counts) is big enough for the workers; they
+    def note(self, summaries: Any) -> None:
+        """Remember whether some run (of these summaries) is big enough for the workers; they
         are started by the next refresh (`start_if_wanted`), ahead of its first big page and
         after the first list is out."""
         if self.enabled and not self.wanted:
-            self.wanted = any(n >= PAGE_MIN for n in sizes)
+            self.wanted = any(max(s.get("num_samples") or 0, s.get("expected_samples") or 0) >= PAGE_MIN
+                              for s in summaries)
 
     def start_if_wanted(self) -> None:
         if self.wanted and self.pool is None:

@@ -46,10 +46,6 @@ def _scan_worker_init(max_line_bytes: int, roots: Dict[str, tuple]) -> None:
     Limits.roots = roots
 
 
-def _size(summary: Dict[str, Any]) -> int:
-    return max(summary.get("num_samples") or 0, summary.get("expected_samples") or 0)
-
-
 _PER_SAMPLE = ("positions", "ids", "scores", "evals", "task_units", "rec_units")  # PageInputs' lists
 
 
@@ -228,7 +224,7 @@ class Store:
             self.scanned = True
             self.last_refresh = self.clock()
             self._maybe_save()
-            self.details.note(_size(runs[r].summary()) for r in res.added + res.changed if r in runs)
+            self.details.note(runs[r].summary() for r in res.added + res.changed if r in runs)
         res.duration = time.perf_counter() - start
         return res
 
@@ -393,7 +389,7 @@ class Store:
                 samples = build_page(page)
         out = dict(state.summary())
         out["samples"] = samples
-        out["samples_total"] = len(view.samples) + (len(view.pending) if include_pending else 0)
+        out["samples_total"] = everything
         meta = state.meta or {}
         out["metadata"] = {
             "created_at": meta.get("created_at"),

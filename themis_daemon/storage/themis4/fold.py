@@ -33,7 +33,6 @@ CASE_EVENTS = frozenset({
 })
 RUN_EVENTS = frozenset({"run_started", "run_completed", "run_failed"})
 STEP_EVENTS = frozenset({"step_started", "step_completed", "step_failed"})
-KNOWN_EVENTS = CASE_EVENTS | RUN_EVENTS | STEP_EVENTS
 
 
 class Case:
@@ -542,8 +541,10 @@ class PageFold:
 
     def __init__(self, fold: "RunFold", case_ids: List[str]):
         packed = fold.__dict__.get("_packed") if "cases" not in fold.__dict__ else None
-        self._packed, self._ids = packed, case_ids
-        self._cases = None if packed is not None else {cid: fold.cases[cid] for cid in case_ids if cid in fold.cases}
+        self._packed, self._ids, self._cases = packed, case_ids, None
+        if packed is None:
+            cases = fold.cases
+            self._cases = {cid: cases[cid] for cid in case_ids if cid in cases}
         self.metric_ids = fold.metric_ids
         self.prompt_spec = fold.prompt_spec
 

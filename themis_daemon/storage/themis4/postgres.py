@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..base import NotAStore
-from .reader import DEFAULT_BATCH, EventReader, Poll, Row, Unavailable, redact_url
+from .reader import DEFAULT_BATCH, EventReader, Poll, Row, Unavailable, redact_url, runs_in_part
 
 log = logging.getLogger("themis_daemon.storage.postgres")
 
@@ -219,14 +219,8 @@ class PostgresReader(EventReader):
         with self._lock:
             return self._run(work)
 
-    @staticmethod
-    def _digits(part: int, parts: int) -> List[str]:
-        return [d for d in "0123456789abcdef" if int(d, 16) % parts == part]
-
     def partition_snapshots(self, mark: Dict[str, Any], part: int, parts: int) -> Dict[str, Tuple[Any, Any]]:
-        digits = self._digits(part, parts)
-        mine = [r for r in mark["tokens"] if r[:1].lower() in digits or
-                (part == 0 and r[:1].lower() not in "0123456789abcdef")]
+        mine = runs_in_part(mark["tokens"], part, parts)
         out: Dict[str, Tuple[Any, Any]] = {}
         for start in range(0, len(mine), 8):  # a few snapshots (each holds a whole dataset) per transaction
             chunk = mine[start:start + 8]
@@ -237,8 +231,7 @@ class PostgresReader(EventReader):
         return out
 
     def partition_rows(self, mark: Dict[str, Any], part: int, parts: int):
-        mine = [r for r in mark["tokens"] if r[:1].lower() in self._digits(part, parts) or
-                (part == 0 and r[:1].lower() not in "0123456789abcdef")]
+        mine = runs_in_part(mark["tokens"], part, parts)
         # Runs are read one at a time through the (run_id, id) index, in short batches: 500
         # events (about 300 KB of JSON text made by the server) keep each transaction to a few
         # milliseconds even while both cores are busy with the scan.

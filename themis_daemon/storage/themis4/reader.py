@@ -8,7 +8,7 @@ Spec: ../shared/docs/themis-storage-v4.md §3 (layout) and §14 (reading a live 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, NamedTuple, Optional, Set
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from ..base import Unavailable  # noqa: F401  (re-exported for the readers)
 
@@ -40,6 +40,22 @@ class Poll:
     rows: List[Row] = field(default_factory=list)             # new events in store order
     reset: Set[str] = field(default_factory=set)              # runs to fold again from scratch (their rows follow in `rows`)
     more: bool = False                                        # rows were capped at the batch size: poll again
+
+
+def part_bounds(part: int, parts: int) -> Tuple[Optional[str], Optional[str]]:
+    """The run ids of one part of a parallel first scan: `low <= run_id < high` (None: open).
+    Run ids are SHA-256 hex, so ranges of their first character split runs evenly. Plain
+    comparisons, which SQLite and Python order alike (UTF-8 keeps code point order), put any id
+    in exactly one part, and cost SQLite far less per row than a function of the id."""
+    digits = "0123456789abcdef"
+    low = digits[16 * part // parts] if part else None
+    high = digits[16 * (part + 1) // parts] if part < parts - 1 else None
+    return low, high
+
+
+def runs_in_part(run_ids: Iterable[str], part: int, parts: int) -> List[str]:
+    low, high = part_bounds(part, parts)
+    return [r for r in run_ids if (low is None or r >= low) and (high is None or r < high)]
 
 
 class EventReader:

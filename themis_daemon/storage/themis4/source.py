@@ -15,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -292,8 +292,6 @@ def build_samples(reader: EventReader, run_id: str, fold: Any, page: List[str], 
                     batches.close()
         except NoExtraction:
             extracted = False
-    if callable(dataset):
-        dataset = dataset()
     if not extracted:
         events = {}
         with bulk_allocation():
@@ -340,18 +338,18 @@ def _score_details(reader: EventReader, run_id: str, fold: Any, page: List[str],
     return out
 
 
-def _warm_detail_worker(kind: str = "sqlite", location: Optional[str] = None,
-                        options: Optional[Dict[str, Any]] = None) -> int:
+def _warm_detail_worker(kind: str, location: str, options: Dict[str, Any]) -> int:
     """Run once in each new detail worker: the imports a share of a page needs, done ahead, and
     for PostgreSQL its two connections (the driver's import and a connection, with its server
     process and password exchange, cost a first big page over 100 ms)."""
     from . import readers, sqlite  # noqa: F401
     from ... import jsonutil  # noqa: F401
 
-    if kind == "postgres" and location is not None:
+    if kind == "postgres":
         try:
             for role in _SHARE_READERS:
-                _share_reader(role, kind, location, options or {}).open()
+                with _share_reader(role, kind, location, options) as reader:
+                    reader.open()
         except Exception:  # noqa: BLE001 - unreachable now: the share's reader reports it then
             pass
     return os.getpid()
@@ -363,20 +361,22 @@ _KEPT_READERS: Dict[Tuple[Any, ...], Any] = {}
 _SHARE_READERS = ("events", "snapshot")  # a share reads its snapshot while its events are read
 
 
-def _share_reader(role: str, kind: str, location: str, options: Dict[str, Any]) -> Any:
+@contextlib.contextmanager
+def _share_reader(role: str, kind: str, location: str, options: Dict[str, Any]):
+    """A reader for one share: a kept one for PostgreSQL, else one opened and closed here."""
     from .readers import make_reader
 
-    if kind != "postgres":
-        return make_reader(kind, location, **options)
-    key = (role, location, tuple(sorted(options.items())))
-    reader = _KEPT_READERS.get(key)
-    if reader is None:
-        reader = _KEPT_READERS[key] = make_reader(kind, location, **options)
-    return reader
-
-
-def _done_with(reader: Any, kind: str) -> None:
-    if kind != "postgres":
+    if kind == "postgres":
+        key = (role, location, tuple(sorted(options.items())))
+        reader = _KEPT_READERS.get(key)
+        if reader is None:
+            reader = _KEPT_READERS[key] = make_reader(kind, location, **options)
+        yield reader
+        return
+    reader = make_reader(kind, location, **options)
+    try:
+        yield reader
+    finally:
         reader.close()
 
 
@@ -386,57 +386,27 @@ def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str,
     picklable); the page's owner splices the encoded shares into one body."""
     from ... import jsonutil
 
-    reader = _share_reader("events", kind, location, options)
-    # The run's snapshot (its dataset's references and inputs) is read on a connection of its
-    # own while the events are extracted: from PostgreSQL it takes tens of milliseconds.
-    snapshot = _Background(_read_snapshot, kind, location, options, run_id)
-    try:
-        def dataset() -> Optional[Dict[str, Any]]:
-            raw = snapshot.result()
-            try:
-                return _dataset_share(describe_snapshot(decode(raw)), page) if raw is not None else None
-            except (ValueError, UnicodeDecodeError):
-                return None
+    with _share_reader("events", kind, location, options) as reader:
+        # The run's snapshot (its dataset's references and inputs) is read on a connection of
+        # its own while the events are extracted: from PostgreSQL it takes tens of milliseconds.
+        with ThreadPoolExecutor(1, thread_name_prefix="themis4-snapshot") as side:
+            snapshot = side.submit(_read_snapshot, kind, location, options, run_id)
 
-        samples = build_samples(reader, run_id, fold, page, pending, dataset, contextlib.nullcontext(),
-                                include_pending)
-    finally:
-        snapshot.wait()
-        _done_with(reader, kind)
+            def dataset() -> Optional[Dict[str, Any]]:
+                raw = snapshot.result()
+                try:
+                    return _dataset_share(describe_snapshot(decode(raw)), page) if raw is not None else None
+                except (ValueError, UnicodeDecodeError):
+                    return None
+
+            samples = build_samples(reader, run_id, fold, page, pending, dataset, contextlib.nullcontext(),
+                                    include_pending)
     return jsonutil.dumpb(samples)
 
 
 def _read_snapshot(kind: str, location: str, options: Dict[str, Any], run_id: str) -> Any:
-    reader = _share_reader("snapshot", kind, location, options)
-    try:
+    with _share_reader("snapshot", kind, location, options) as reader:
         return reader.snapshot(run_id)
-    finally:
-        _done_with(reader, kind)
-
-
-class _Background:
-    """`fn(*args)` on a thread from now on; `result()` waits for it and returns or raises."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any):
-        self._value: Any = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args), name="themis4-snapshot", daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable[..., Any], args: tuple) -> None:
-        try:
-            self._value = fn(*args)
-        except BaseException as exc:  # handed to the caller of result()
-            self._error = exc
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def _dataset_share(dataset: Optional[Dict[str, Any]], page: List[str]) -> Optional[Dict[str, Any]]:
@@ -445,10 +415,6 @@ def _dataset_share(dataset: Optional[Dict[str, Any]], page: List[str]) -> Option
     refs, inputs = dataset.get("references") or {}, dataset.get("inputs") or {}
     return {"references": {c: refs[c] for c in page if c in refs},
             "inputs": {c: inputs[c] for c in page if c in inputs}}
-
-
-def _sizes(runs: Any) -> Any:
-    return ((run.summary().get("expected_samples") or 0) for run in runs)
 
 
 PARALLEL_MIN_EVENTS = 200_000  # below this, starting worker processes costs more than it saves
@@ -599,7 +565,7 @@ class Themis4Source:
         with self._lock:
             reader.adopt(mark, {r: run.fold.last_pos for r, run in runs.items() if run.fold.last_pos is not None})
         self._commit(runs, {}, res)  # folded and summarised in the workers already
-        self.details.note(_sizes(runs.values()))
+        self.details.note(run.summary() for run in runs.values())
         self.scanned = True
         return True
 
@@ -624,7 +590,7 @@ class Themis4Source:
                                      "final": run.fold.final_pos or 0}
         for run in touched.values():
             run.summary()  # built here, off the event loop
-        self.details.note(_sizes(touched.values()))
+        self.details.note(run.summary() for run in touched.values())
         if res.added or res.removed or res.changed:
             self.generation += 1
         self._runs = runs

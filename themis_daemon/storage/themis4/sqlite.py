@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 from ..base import NotAStore
-from .reader import EventReader, NoExtraction, Poll, Row, Unavailable
+from .reader import EventReader, NoExtraction, Poll, Row, Unavailable, part_bounds, runs_in_part
 
 HEADER = b"SQLite format 3\x00"
 REQUIRED_TABLES = {"run_snapshots", "run_events"}
@@ -206,24 +206,8 @@ class SqliteReader(EventReader):
             raise self._unavailable(exc, conn) from None
         return {"tokens": tokens, "upto": upto, "events": upto - low + 1 if upto else 0, "sig": sig}
 
-    @staticmethod
-    def _bounds(part: int, parts: int) -> Tuple[Optional[str], Optional[str]]:
-        """This part's run ids: `low <= run_id < high` (None: open). Run ids are SHA-256 hex, so
-        ranges of their first character split runs evenly. Plain comparisons, which SQLite and
-        Python order alike (UTF-8 keeps code point order), put any id in exactly one part and
-        cost SQLite far less per row than a function of the id."""
-        digits = "0123456789abcdef"
-        low = digits[16 * part // parts] if part else None
-        high = digits[16 * (part + 1) // parts] if part < parts - 1 else None
-        return low, high
-
-    @classmethod
-    def in_part(cls, run_id: str, part: int, parts: int) -> bool:
-        low, high = cls._bounds(part, parts)
-        return (low is None or run_id >= low) and (high is None or run_id < high)
-
     def partition_snapshots(self, mark: Dict[str, Any], part: int, parts: int) -> Dict[str, Tuple[Any, Any]]:
-        mine = [rid for rid in mark["tokens"] if self.in_part(rid, part, parts)]
+        mine = runs_in_part(mark["tokens"], part, parts)
         snaps = self._snapshots(mine, patient=True)
         return {rid: (snaps[rid], mark["tokens"][rid]) for rid in mine if rid in snaps}
 
@@ -241,8 +225,8 @@ class SqliteReader(EventReader):
         raise AssertionError("unreachable")
 
     def partition_rows(self, mark: Dict[str, Any], part: int, parts: int):
-        low, high = self._bounds(part, parts)
-        where = " AND ".join([f"run_id >= '{low}'"] * (low is not None) + [f"run_id < '{high}'"] * (high is not None)) or "1"
+        low, high = part_bounds(part, parts)  # one hex digit each: safe to write into the SQL
+        where = " AND ".join(([f"run_id >= '{low}'"] if low else []) + ([f"run_id < '{high}'"] if high else [])) or "1"
         # Each statement covers a bounded id range rather than a number of matching rows: the
         # other partition's runs would otherwise make one statement read a long stretch of the
         # table while a writer waits for the lock.
