@@ -25,6 +25,7 @@ from ..base import RefreshResult, RunNotFound, bulk_allocation, scan_worker_setu
 from ..workers import PAGE_MIN, DetailWorkers, split
 from .fold import PageFold, RunFold, describe_snapshot, summary_fields
 from .reader import EventReader, NoExtraction, Unavailable
+from .slim import slim_event
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -197,6 +198,7 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
     """
     orphans = 0
     loads = orjson.loads
+    slim = slim_event
     current: Optional[str] = None
     run: Optional[V4Run] = None
     fold: Any = None
@@ -216,10 +218,12 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
         if run is None:
             orphans += 1
             continue
-        try:
-            event = loads(data)
-        except ValueError:
-            event = run.decode(pos, data)  # bare NaN/Infinity, or not JSON at all
+        event = slim(data)  # the hot event types, decoded only as far as the fold reads them
+        if event is None:
+            try:
+                event = loads(data)
+            except ValueError:
+                event = run.decode(pos, data)  # bare NaN/Infinity, or not JSON at all
         if type(event) is dict:
             if fold.started_pos is not None and event.get("event_type") == "run_started":
                 runs[run_id] = touched[run_id] = run = run.restarted()

@@ -1,0 +1,52 @@
+"""Decoding the event types that make up nearly all of a store, only as far as the fold reads them.
+
+A `generation_completed` event carries the whole conversation and output; the fold keeps only
+whether it has a result (a detail fetches the text by position later). Decoding every event in
+full was most of a first scan's folding. msgspec decodes an event into a plain dict of the few
+keys the fold asks about and skips the rest of the text without building objects for it; a
+result object arrives as `{}` (or with just its `value` and `metadata`), which answers the
+fold's questions (is there one? is it null? invalid?) as the whole object would. An event of
+another type, or one whose fields do not have the expected types, returns None: the caller
+decodes it in full, so the fold sees the same thing either way (tests hold the paths to that).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, TypedDict, Union
+
+import msgspec
+
+HOT_EVENTS = frozenset({"generation_completed", "score_completed", "reduction_completed", "parse_completed"})
+
+
+class _Result(TypedDict, total=False):
+    value: Any
+    metadata: Optional[Dict[str, Any]]
+
+
+class _Score(TypedDict, total=False):
+    value: Union[bool, int, float, None]
+    details: Optional[Dict[str, msgspec.Raw]]  # only whether there are any
+
+
+class _Event(TypedDict, total=False):
+    event_type: str
+    case_id: Optional[str]
+    occurred_at: Optional[str]
+    candidate_index: Optional[int]
+    metric_id: Optional[str]
+    result: Optional[_Result]
+    score: Optional[_Score]
+
+
+_decode = msgspec.json.Decoder(_Event).decode
+_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+def slim_event(data: Any) -> Optional[Dict[str, Any]]:
+    """The fold's view of a hot event (its JSON as bytes or str), or None: decode it in full."""
+    try:
+        event = _decode(data)
+    except _ERRORS:
+        return None
+    return event if event.get("event_type") in HOT_EVENTS else None
