@@ -165,3 +165,48 @@ def test_only_hot_events_of_the_expected_shape_are_decoded_partially():
     for text in ('{"event_type": "run_started"}', '{"event_type": "score_failed", "case_id": "c"}',
                  '{"event_type": "score_completed", "score": {"value": "x"}}', '{"case_id": "c"}', '[]', 'nan'):
         assert slim_event(text) is None, text
+
+
+def share_views(share, page):
+    """What a sample reads of a dataset share: each page case's reference and input."""
+    if share is None:
+        return None
+    return {cid: (share["references"].get(cid), share["inputs"].get(cid)) for cid in page}, \
+        sorted(share["references"]), sorted(share["inputs"])
+
+
+ODD_SNAPSHOTS = [
+    {"datasets": [{"cases": [{"case_id": "a", "input": {"q": [1, None, {"x": 1.5}]}, "expected_output": {"k": 1}},
+                             {"case_id": "b"}, {"case_id": "a", "input": "second", "expected_output": "wins"}]},
+                  {"cases": [{"case_id": "c", "input": None, "expected_output": None}]},
+                  {"cases": None}, {}]},
+    {"datasets": [{"cases": [{"case_id": 5, "input": 1}, {"case_id": None}, {"input": "no id"}]}]},
+    {"datasets": [{"cases": ["not a case", {"case_id": "a"}]}]},
+    {"datasets": ["not a dataset"]},
+    {"datasets": {"cases": []}},
+    {"datasets": None},
+    {},
+    [1, 2],
+]
+
+
+@pytest.mark.parametrize("snapshot", [json.dumps(s) for s in ODD_SNAPSHOTS] + ["not json", '{"datasets": [{"cases": '
+                                      '[{"case_id": "a", "input": NaN}]}]}'])
+def test_a_partially_read_snapshot_gives_the_same_dataset_share(snapshot):
+    page = ["a", "b", "c", "d"]
+    expected = source._dataset_share(source.describe_snapshot(source._json_or_none(snapshot)), page)
+    got = source.dataset_share(snapshot.encode(), page)
+    if got is None:  # shapes it does not read: the caller describes the snapshot in full
+        got = expected
+    assert share_views(got, page) == share_views(expected, page)
+
+
+@pytest.mark.parametrize("store", [sqlite_store, jsonl_store], ids=["sqlite", "jsonl"])
+def test_fixture_snapshots_give_the_same_dataset_share(store):
+    snapshots, _rows = store()
+    for raw in snapshots.values():
+        described = source.describe_snapshot(source.decode(raw))
+        page = described["case_ids"][1::2] + ["missing"]
+        got = source.dataset_share(raw, page)
+        assert got is not None and got["references"]  # read partially: Themis writes the expected shape
+        assert share_views(got, page) == share_views(source._dataset_share(described, page), page)

@@ -25,7 +25,7 @@ from ..base import RefreshResult, RunNotFound, bulk_allocation, scan_worker_setu
 from ..workers import PAGE_MIN, DetailWorkers, split
 from .fold import PageFold, RunFold, describe_snapshot, summary_fields
 from .reader import EventReader, NoExtraction, Unavailable
-from .slim import slim_event
+from .slim import dataset_share, slim_event
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -399,7 +399,9 @@ def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str,
             def dataset() -> Optional[Dict[str, Any]]:
                 raw = snapshot.result()
                 try:
-                    return _dataset_share(describe_snapshot(decode(raw)), page) if raw is not None else None
+                    if raw is None:
+                        return None
+                    return dataset_share(raw, page) or _dataset_share(describe_snapshot(decode(raw)), page)
                 except (ValueError, UnicodeDecodeError):
                     return None
 
