@@ -200,6 +200,21 @@ def test_small_batches_give_the_same_rows(pg_fixture_db):
         small.close()
 
 
+def test_detail_outputs_come_in_short_statements_with_the_same_rows(reader, monkeypatch):
+    """A big detail's outputs are read in statements of OUTPUT_BATCH events (each one a short
+    transaction, decoded while the next runs); together they are what one statement gives."""
+    every = reader.poll()
+    run_id = Counter(r.run_id for r in every.rows).most_common(1)[0][0]
+    wanted = [r.pos for r in every.rows if r.run_id == run_id
+              and r.event_type in ("generation_completed", "reduction_completed")]
+    whole = reader.fetch_outputs(run_id, wanted)
+    assert len(whole) == len(wanted) > 4 and any(o is not None for o, _c in whole.values())
+    monkeypatch.setattr(PostgresReader, "OUTPUT_BATCH", 3)
+    batches = list(reader.output_batches(run_id, wanted + wanted[:2]))  # repeats are read once
+    assert [len(b) for b in batches] == [3] * (len(wanted) // 3) + ([len(wanted) % 3] if len(wanted) % 3 else [])
+    assert {pos: out for b in batches for pos, out in b.items()} == whole
+
+
 def test_changed_is_false_when_nothing_changed(reader):
     assert reader.changed() is True  # never polled
     first = reader.poll()

@@ -184,10 +184,22 @@ class PostgresReader(EventReader):
         with self._lock:
             return self._run(lambda conn: conn.execute(sql, (run_id, ids)).fetchall())
 
+    _OUTPUT_COLUMNS = ("(event_json -> 'result' -> 'final_output')::text,"
+                       " (event_json -> 'result' -> 'conversation')::text")
+    OUTPUT_BATCH = 2500  # events per statement of a big detail
+
     def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
-        rows = self._events_at(run_id, positions, "(event_json -> 'result' -> 'final_output')::text,"
-                                                  " (event_json -> 'result' -> 'conversation')::text")
+        rows = self._events_at(run_id, positions, self._OUTPUT_COLUMNS)
         return {int(i): (o, c) for i, o, c in rows}
+
+    def output_batches(self, run_id: str, positions: List[int]):
+        """A big detail's events in several statements, so that the caller decodes one batch
+        while the server extracts the next (one statement for 5,000 cases took about 100 ms,
+        with nothing to decode until its end)."""
+        ids = sorted({int(p) for p in positions})
+        for start in range(0, len(ids), self.OUTPUT_BATCH):
+            rows = self._events_at(run_id, ids[start:start + self.OUTPUT_BATCH], self._OUTPUT_COLUMNS)
+            yield {int(i): (o, c) for i, o, c in rows}
 
     def fetch(self, run_id: str, positions: List[int]) -> Dict[int, Any]:
         return {int(i): data for i, data in self._events_at(run_id, positions, "event_json::text")}

@@ -65,18 +65,27 @@ def _epoch(stamp: Optional[str]) -> Optional[float]:
 
 
 _DONE = object()
+SIDE_READY = object()  # what a `_Prefetched` iteration yields when its side future is done
 
 
 class _Prefetched:
-    """Iterate `batches` with the next one produced on a helper thread meanwhile: a database
+    """Iterate `batches` with the next ones produced on a helper thread meanwhile: a database
     extracting fields (without the GIL) overlaps the decoding of what it gave before. The thread
     starts at once, so the caller may do other work before it iterates. The caller holds the
     reader's lock throughout, so the reader is used by one thread at a time; `close()` (also
-    at the end of the iteration) stops and joins the thread."""
+    at the end of the iteration) stops and joins the thread.
 
-    def __init__(self, batches: Any):
-        self._handoff: "queue.Queue[Any]" = queue.Queue(maxsize=2)
+    `side`: a future whose completion is yielded as `SIDE_READY` among the batches, in the
+    order things arrive, so the caller turns to it when it is there and not before."""
+
+    AHEAD = 2  # batches produced ahead of the consumer
+
+    def __init__(self, batches: Any, side: Any = None):
+        self._handoff: "queue.Queue[Any]" = queue.Queue()  # bounded by `_slots`, not by size
+        self._slots = threading.Semaphore(self.AHEAD)
         self._stop = threading.Event()
+        if side is not None:  # (first: a side future already done comes before any batch)
+            side.add_done_callback(lambda _f: self._handoff.put((SIDE_READY, None)))
         self._worker = threading.Thread(target=self._produce, args=(batches,), name="themis4-prefetch",
                                         daemon=True)
         self._worker.start()
@@ -84,6 +93,7 @@ class _Prefetched:
     def _produce(self, batches: Any) -> None:
         try:
             for batch in batches:
+                self._slots.acquire()
                 if self._stop.is_set():
                     break
                 self._handoff.put((batch, None))
@@ -100,18 +110,16 @@ class _Prefetched:
                     raise exc
                 if batch is _DONE:
                     return
+                if batch is not SIDE_READY:
+                    self._slots.release()
                 yield batch
         finally:
             self.close()
 
     def close(self) -> None:
         self._stop.set()
-        while self._worker.is_alive():  # unblock a producer waiting on a full queue, then join it
-            try:
-                self._handoff.get_nowait()
-            except queue.Empty:
-                pass
-            self._worker.join(0.05)
+        self._slots.release()  # a producer waiting for a slot wakes, sees the stop and ends
+        self._worker.join()
 
 
 class _Undecodable:
@@ -276,18 +284,24 @@ def build_samples(reader: EventReader, run_id: str, fold: Any, page: List[str], 
     """Detail samples of these cases of a run: the events they need are read through `reader`
     (under `lock`, which guards its connection) and decoded while the next batch is read.
     `dataset`: the run's `describe_snapshot(...)`, or a function that makes it (called while
-    the first batches are read). Runs in this process or in a detail worker, whose reader is
-    its own."""
+    the first batches are read). A function with an `arrival` future (its snapshot is read on
+    another connection) is called once that is done, and batches are decoded meanwhile: a
+    PostgreSQL snapshot takes tens of milliseconds to arrive. Runs in this process or in a
+    detail worker, whose reader is its own."""
     positions = fold.positions_for(page) if page else []
     events: Dict[int, Any] = {}
     extracted = True
+    arrival = getattr(dataset, "arrival", None) if callable(dataset) else None
     with lock, bulk_allocation():
         try:
-            batches = _Prefetched(reader.output_batches(run_id, positions)) if positions else None
+            batches = _Prefetched(reader.output_batches(run_id, positions), arrival) if positions else None
             try:
-                if callable(dataset):
+                if callable(dataset) and arrival is None:
                     dataset = dataset()  # while the database extracts the first batches
                 for batch in batches or ():
+                    if batch is SIDE_READY:
+                        dataset = dataset()  # its snapshot is there: between two batches
+                        continue
                     for pos, (output, conversation) in batch.items():
                         events[pos] = {"result": {"final_output": _json_or_none(output),
                                                   "conversation": _json_or_none(conversation)}}
@@ -296,6 +310,8 @@ def build_samples(reader: EventReader, run_id: str, fold: Any, page: List[str], 
                     batches.close()
         except NoExtraction:
             extracted = False
+    if callable(dataset):
+        dataset = dataset()
     if not extracted:
         events = {}
         with bulk_allocation():
@@ -405,6 +421,7 @@ def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str,
                 except (ValueError, UnicodeDecodeError):
                     return None
 
+            dataset.arrival = snapshot  # type: ignore[attr-defined]
             samples = build_samples(reader, run_id, fold, page, pending, dataset, contextlib.nullcontext(),
                                     include_pending)
     return jsonutil.dumpb(samples)
