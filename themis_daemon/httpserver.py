@@ -32,6 +32,10 @@ class _TrackingDelegate(tornado.httputil.HTTPMessageDelegate):
         self.inner.on_connection_close()
 
 
+def _nodelay_stays_on(value: bool) -> None:
+    """Stands in for a connection's `set_nodelay`: see `DrainingHTTPServer.handle_stream`."""
+
+
 class DrainingHTTPServer(tornado.httpserver.HTTPServer):
     """An HTTPServer that knows which connections have a request in flight.
 
@@ -47,6 +51,14 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         self.conns: Set[object] = set()
         self.busy: Set[object] = set()
         self.draining = False
+
+    def handle_stream(self, stream, address):
+        # TCP_NODELAY for the whole connection, as nginx, Go and Node.js keep it. Tornado sets it
+        # for the end of each response and clears it after; with a big cached body (a 1,000-run
+        # list) that toggling cost a measurable share of the answers per second.
+        stream.set_nodelay(True)
+        stream.set_nodelay = _nodelay_stays_on
+        return super().handle_stream(stream, address)
 
     def start_request(self, server_conn, request_conn):
         self.conns.add(server_conn)
