@@ -81,9 +81,11 @@ class DaemonProcess:
 
     def __init__(self, storage: "str | Path", *, poll_interval: Optional[float] = None,
                  env: Optional[Mapping[str, str]] = None, python_args: Sequence[str] = (),
-                 preexec_fn: Optional[Callable[[], None]] = None, log_prefix: str = "themis-bench-"):
+                 preexec_fn: Optional[Callable[[], None]] = None, log_prefix: str = "themis-bench-",
+                 cwd: "str | Path | None" = None):
         """``python_args`` go before ``-m themis_daemon`` (e.g. ``-m cProfile -o FILE``);
-        ``env`` is added to os.environ; ``preexec_fn`` runs in the child (e.g. to raise rlimits)."""
+        ``env`` is added to os.environ; ``preexec_fn`` runs in the child (e.g. to raise rlimits);
+        ``cwd``: the checkout whose daemon runs (default this one)."""
         self.cmd = [sys.executable, *python_args, "-m", "themis_daemon", "serve",
                     "--host", HOST, "--port", "0", "--storage", str(storage)]
         if poll_interval is not None:
@@ -91,6 +93,7 @@ class DaemonProcess:
         self._env = {**os.environ, **(env or {})}
         self._preexec_fn = preexec_fn
         self._log_prefix = log_prefix
+        self._cwd = str(cwd or REPO)
         self.proc: Optional[subprocess.Popen] = None
         self.log_file = None
         self.port: Optional[int] = None
@@ -106,7 +109,7 @@ class DaemonProcess:
         self.log_file = tempfile.NamedTemporaryFile(prefix=self._log_prefix, suffix=".log", delete=False)
         self.t_start = time.perf_counter()
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self.log_file, cwd=str(REPO), env=self._env,
+                                     stderr=self.log_file, cwd=self._cwd, env=self._env,
                                      preexec_fn=self._preexec_fn)
         try:
             return self._wait_port(timeout)
