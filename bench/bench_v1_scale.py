@@ -51,6 +51,8 @@ from bench_v4 import BareTornado  # noqa: E402
 
 BUILDER = REPO.parent / "shared" / "tools" / "make_scale_store.py"
 CONNECTIONS = 32
+PAGE_CACHE_PASSES = 4  # reads of the store before the cold start, at most
+PAGE_CACHE_PASS_S = 8.0  # a pass this short found the store in the page cache
 
 
 def run_ids(store: Path) -> List[str]:
@@ -254,17 +256,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     log("store %s: %d runs, %.0f MB; load average %s" % (store, len(ids), size, loadavg()))
     res: Dict[str, Any] = {"load_before": loadavg()}
     if not args.from_disk:
-        # A daemon (re)started next to a Themis that writes the store finds it in the page cache;
-        # this machine's memory manager evicts idle files within minutes, so read it once.
-        t0 = time.perf_counter()
-        for root in [store] + ([big] if big_ids else []):
-            for f in root.rglob("*"):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        while fh.read(1 << 20):
-                            pass
-        res["page_cache_s"] = time.perf_counter() - t0
-        log("store read into the page cache in %.2f s" % res["page_cache_s"])
+        # A daemon (re)started next to a Themis that writes the store finds it in the page cache.
+        # This machine's memory manager evicts files idle for minutes, and a first read of the
+        # 1,000-run store takes longer than that: read again until a pass finds it all cached
+        # (under PAGE_CACHE_PASS_S), so that the cold start does not wait for the disk.
+        passes: List[float] = []
+        while len(passes) < PAGE_CACHE_PASSES:
+            t0 = time.perf_counter()
+            for root in [store] + ([big] if big_ids else []):
+                for f in root.rglob("*"):
+                    if f.is_file():
+                        with open(f, "rb") as fh:
+                            while fh.read(1 << 20):
+                                pass
+            passes.append(time.perf_counter() - t0)
+            if passes[-1] < PAGE_CACHE_PASS_S:
+                break
+        res["page_cache_s"] = passes[0]
+        res["page_cache_passes"] = passes
+        log("store read into the page cache: %s s" % ", ".join("%.2f" % x for x in passes))
     cache = tempfile.mkdtemp(prefix="bench-v1-cache-")
     try:
         d = start([store], cache)
@@ -315,7 +325,8 @@ def report(res: Dict[str, Any], store: Path, n: int, args) -> None:
     big_store = n >= 1000
     rows = [
         ("cold start to the first complete GET /api/runs", "< 20 s (1,000 x 1,000)" if big_store else "< 5 s (200 x 1,000)", "%.2f s (%s)" % (
-            res["cold"], "store in the page cache: read in %.1f s before" % res["page_cache_s"]
+            res["cold"], "store in the page cache: read before in %s s" % ", ".join(
+                "%.1f" % x for x in res["page_cache_passes"])
             if "page_cache_s" in res else "--from-disk: store read from disk")),
         ("restart (persistent cache) to a complete, identical list", "< 2 s" if big_store else "< 1 s",
          "%.2f s (identical: %s)" % (res["restart"], "yes" if res["restart_identical"] else "NO")),
