@@ -210,3 +210,12 @@ def test_fixture_snapshots_give_the_same_dataset_share(store):
         got = source.dataset_share(raw, page)
         assert got is not None and got["references"]  # read partially: Themis writes the expected shape
         assert share_views(got, page) == share_views(source._dataset_share(described, page), page)
+
+
+def test_rows_that_are_not_json_text_fold_the_same_with_partial_decoding(monkeypatch):
+    # A driver may hand over None or an already decoded object: the full decoder says what it is.
+    rows = [(i + 1, "r", json.dumps(ev).encode()) for i, ev in enumerate(BASE)]
+    rows += [(len(rows) + 1, "r", None), (len(rows) + 2, "r", dict(BASE[1], case_id="c2"))]
+    partial, full = fold_both({"r": json.dumps(SNAPSHOT).encode()}, rows, monkeypatch)
+    assert partial == full and partial["r"]["bad"] == 1 and "c2" in partial["r"]["cases"]
+    assert source.dataset_share({"datasets": []}, ["a"]) is None

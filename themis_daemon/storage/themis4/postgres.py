@@ -168,7 +168,7 @@ class PostgresReader(EventReader):
 
     def _events_at(self, run_id: str, positions: List[int], columns: str) -> List[tuple]:
         """Rows (id, *columns) of a run's events at `positions` (what `fetch` and
-        `fetch_outputs` read, each with its own columns)."""
+        `output_batches` read, each with its own columns)."""
         ids = sorted({int(p) for p in positions})
         if not ids:
             return []
@@ -187,10 +187,6 @@ class PostgresReader(EventReader):
     _OUTPUT_COLUMNS = ("(event_json -> 'result' -> 'final_output')::text,"
                        " (event_json -> 'result' -> 'conversation')::text")
     OUTPUT_BATCH = 2500  # events per statement of a big detail
-
-    def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
-        rows = self._events_at(run_id, positions, self._OUTPUT_COLUMNS)
-        return {int(i): (o, c) for i, o, c in rows}
 
     def output_batches(self, run_id: str, positions: List[int]):
         """A big detail's events in several statements, so that the caller decodes one batch

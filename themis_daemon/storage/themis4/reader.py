@@ -87,19 +87,23 @@ class EventReader:
         """Raw `event_json` of some events of a run, by position (for run details)."""
         raise NotImplementedError
 
-    def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
+    def output_batches(self, run_id: str, positions: List[int]):
         """Like `fetch`, but only what a detail shows of each event, as `(final_output,
         conversation)` JSON texts extracted by the database (far less to move and decode for
-        a big run); None where the backend cannot, and the caller uses `fetch`."""
-        return None
+        a big run), as an iterator of partial dicts (a caller decodes one while the next is
+        read); raises `NoExtraction` where the backend cannot, and the caller uses `fetch`."""
+        raise NoExtraction()
+        yield  # a generator, like the backends' own
 
-    def output_batches(self, run_id: str, positions: List[int]):
-        """`fetch_outputs` as an iterator of partial dicts; raises `NoExtraction` where
-        `fetch_outputs` would give None."""
-        out = self.fetch_outputs(run_id, positions)
-        if out is None:
-            raise NoExtraction()
-        yield out
+    def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
+        """`output_batches` in one dict; None where the backend cannot extract."""
+        out: Dict[int, Any] = {}
+        try:
+            for batch in self.output_batches(run_id, positions):
+                out.update(batch)
+        except NoExtraction:
+            return None
+        return out
 
     def snapshot(self, run_id: str) -> Any:
         """The raw snapshot JSON of one run (None if it is gone): details read the dataset's

@@ -40,7 +40,7 @@ class _Event(TypedDict, total=False):
 
 
 _decode = msgspec.json.Decoder(_Event).decode
-_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, TypeError)  # TypeError: not JSON text
 
 
 def slim_event(data: Any) -> Optional[Dict[str, Any]]:
@@ -82,8 +82,6 @@ def dataset_share(raw: Any, page: List[str]) -> Optional[Dict[str, Any]]:
     """References and inputs of these cases from a run's snapshot, as `describe_snapshot`
     gives them (the last case of an id wins), reading nothing else of a snapshot that holds
     the whole dataset; None when its shape is unexpected (then describe it in full)."""
-    if not isinstance(raw, (bytes, str)):
-        return None
     try:
         snapshot = _decode_snapshot(raw)
     except _ERRORS:

@@ -200,12 +200,12 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
     """Fold rows `(pos, run_id, data)` into `runs`; (unknown-type events, events of no run).
 
     Shared by polls and the cold-scan processes, and the hottest loop of a first scan, so it
-    decodes inline and looks a run up only when the run changes from one row to the next
+    decodes the hot event types only as far as the fold reads them (`slim_event`; the rest in
+    full) and looks a run up only when the run changes from one row to the next
     (a run's events mostly come in long stretches). A second `run_started` for a run means
     Themis deleted it and wrote it again (existing_run_policy=rerun): that run starts over.
     """
     orphans = 0
-    loads = orjson.loads
     slim = slim_event
     current: Optional[str] = None
     run: Optional[V4Run] = None
@@ -228,10 +228,7 @@ def apply_rows(runs: Dict[str, V4Run], rows: Any, touched: Dict[str, V4Run]) -> 
             continue
         event = slim(data)  # the hot event types, decoded only as far as the fold reads them
         if event is None:
-            try:
-                event = loads(data)
-            except ValueError:
-                event = run.decode(pos, data)  # bare NaN/Infinity, or not JSON at all
+            event = run.decode(pos, data)  # in full: bare NaN/Infinity too, or why it cannot be
         if type(event) is dict:
             if fold.started_pos is not None and event.get("event_type") == "run_started":
                 runs[run_id] = touched[run_id] = run = run.restarted()
@@ -280,18 +277,17 @@ def _scan_part(kind: str, location: str, options: Dict[str, Any], mark: Any, par
 
 
 def build_samples(reader: EventReader, run_id: str, fold: Any, page: List[str], pending: List[bool],
-                  dataset: Any, lock: Any, include_pending: bool = False) -> List[Dict[str, Any]]:
+                  dataset: Any, lock: Any, include_pending: bool = False, arrival: Any = None) -> List[Dict[str, Any]]:
     """Detail samples of these cases of a run: the events they need are read through `reader`
     (under `lock`, which guards its connection) and decoded while the next batch is read.
     `dataset`: the run's `describe_snapshot(...)`, or a function that makes it (called while
-    the first batches are read). A function with an `arrival` future (its snapshot is read on
-    another connection) is called once that is done, and batches are decoded meanwhile: a
-    PostgreSQL snapshot takes tens of milliseconds to arrive. Runs in this process or in a
+    the first batches are read). With `arrival`, the future of the snapshot that function
+    needs (read on another connection), it is called once that is done, and batches are decoded
+    meanwhile: a PostgreSQL snapshot takes tens of milliseconds to arrive. Runs in this process or in a
     detail worker, whose reader is its own."""
     positions = fold.positions_for(page) if page else []
     events: Dict[int, Any] = {}
     extracted = True
-    arrival = getattr(dataset, "arrival", None) if callable(dataset) else None
     with lock, bulk_allocation():
         try:
             batches = _Prefetched(reader.output_batches(run_id, positions), arrival) if positions else None
@@ -421,9 +417,8 @@ def _detail_part(kind: str, location: str, options: Dict[str, Any], run_id: str,
                 except (ValueError, UnicodeDecodeError):
                     return None
 
-            dataset.arrival = snapshot  # type: ignore[attr-defined]
             samples = build_samples(reader, run_id, fold, page, pending, dataset, contextlib.nullcontext(),
-                                    include_pending)
+                                    include_pending, arrival=snapshot)
     return jsonutil.dumpb(samples)
 
 

@@ -266,17 +266,8 @@ class SqliteReader(EventReader):
                                    (run_id,), ON_DEMAND_ATTEMPTS)
         return rows[0][0] if rows else None
 
-    def fetch_outputs(self, run_id: str, positions: List[int]) -> Optional[Dict[int, Any]]:
-        out: Dict[int, Any] = {}
-        try:
-            for batch in self.output_batches(run_id, positions):
-                out.update(batch)
-        except NoExtraction:
-            return None
-        return out
-
     def output_batches(self, run_id: str, positions: List[int]):
-        """`fetch_outputs` in batches of short statements, so a caller can decode one batch
+        """Outputs in batches of short statements, so a caller can decode one batch
         while SQLite extracts the next (SQLite runs without the GIL). A run's events mostly
         lie close together: a whole big run is read by id range, a few events by id."""
         wanted = sorted(set(positions))
