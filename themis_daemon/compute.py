@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import multiprocessing
 import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Dict, List, Optional, Tuple
 
+from .storage.base import worker_context
 from .storage.workers import shutdown_now
 
 log = logging.getLogger("themis_daemon.compute")
@@ -70,7 +70,7 @@ class StatsWorkers:
         """Start the first process and load the statistics stack in it, ahead of a comparison."""
         with self._lock:
             if self._pool is None and not self._closed:
-                ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
+                ctx = worker_context()
                 self._flags = ctx.Array("b", SLOTS, lock=False)
                 self._pool = ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_init,
                                                  initargs=(self._flags,))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import multiprocessing.context
 import os
+import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
@@ -38,12 +40,12 @@ def worker_process_setup(background: bool = True) -> None:
     run beside serving (`background`: big details, statistics) also yield the CPU to the serving
     process's event loop when the cores are all busy; a first scan, which everything waits
     for, keeps its full share."""
-    import signal
-
     # Ctrl-C reaches the whole process group, and systemd's stop the whole cgroup: the process
-    # that started this one decides when it ends (it drains first, then kills it).
+    # that started this one decides when it ends (it drains first, then kills it). Started by
+    # `worker_context`, the process had both blocked until here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if background:
         try:
             os.nice(WORKER_NICENESS)
@@ -58,6 +60,33 @@ def worker_process_setup(background: bool = True) -> None:
         return
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process that starts with SIGINT and SIGTERM blocked: a Ctrl-C that reaches the
+    process group while the interpreter starts and imports would otherwise end it before
+    `worker_process_setup` ignores them (a compare in flight got "statistics process lost").
+    The signal mask is inherited through fork and kept through exec."""
+
+    def start(self) -> None:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    Process = _WorkerProcess
+
+
+def worker_context() -> multiprocessing.context.SpawnContext:
+    """The multiprocessing context of every worker pool: spawn (no fork from a threaded
+    process), with the stop signals blocked until the worker ignores them."""
+    return _WorkerContext()
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ in the serving process (the tests hold them to that).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
@@ -19,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, List, Optional, Sequence
 
 from ..jsonutil import Encoded
-from .base import worker_process_setup
+from .base import worker_context, worker_process_setup
 
 log = logging.getLogger("themis_daemon.storage")
 
@@ -69,7 +68,7 @@ class DetailWorkers:
         with self._lock:
             if self.pool is None and self.enabled:
                 try:
-                    ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
+                    ctx = worker_context()
                     pool = ProcessPoolExecutor(self.count, mp_context=ctx, initializer=_init,
                                                initargs=(self._setup, self._setup_args))
                     if self._warm is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing
 import os
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import msgspec
 
 from ... import jsonutil
-from ..base import RefreshResult, RunNotFound, bulk_allocation, worker_process_setup
+from ..base import RefreshResult, RunNotFound, bulk_allocation, worker_context, worker_process_setup
 from ..workers import PAGE_MIN, DetailWorkers, split
 from .cache import RunCache
 from .jsonl import Limits
@@ -292,7 +291,7 @@ class Store:
             workers = min(self.scan_workers, len(new))  # a few big runs: decoding holds the GIL
         if workers >= 2:
             try:
-                ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
+                ctx = worker_context()
                 with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_scan_worker_init,
                                          initargs=(Limits.max_line_bytes, Limits.roots)) as pool, \
                         bulk_allocation():  # results unpickle here

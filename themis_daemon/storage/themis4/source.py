@@ -10,7 +10,6 @@ import contextlib
 import functools
 import json
 import logging
-import multiprocessing
 import os
 import queue
 import threading
@@ -21,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import orjson
 
-from ..base import RefreshResult, RunNotFound, bulk_allocation, scan_worker_setup
+from ..base import RefreshResult, RunNotFound, bulk_allocation, scan_worker_setup, worker_context
 from ..workers import PAGE_MIN, DetailWorkers, split
 from .fold import PageFold, RunFold, describe_snapshot, summary_fields
 from .reader import EventReader, NoExtraction, Unavailable
@@ -564,7 +563,7 @@ class Themis4Source:
             return False
         parts = self.scan_workers
         try:
-            ctx = multiprocessing.get_context("spawn")  # no fork from a threaded process
+            ctx = worker_context()
             with ProcessPoolExecutor(parts, mp_context=ctx, initializer=scan_worker_setup) as pool, \
                     bulk_allocation():  # results unpickle here
                 futures = [pool.submit(_scan_part, reader.kind, reader.location, reader.options(), mark, i, parts)
