@@ -107,12 +107,12 @@ class Sample:
     evals: List[Tuple[str, int]] = field(default_factory=list)  # (eval id, packed line position)
 
 
-def pack_unit(unit: Unit) -> Any:
+def pack_unit(offset: int, length: int, index: int) -> Any:
     """One int for where an evaluation line lives (a tuple only when it does not fit), so the
     per-line state grows by one slot rather than a tuple of three."""
-    if unit.length < 1 << 28 and unit.index < 1 << 12:
-        return (unit.offset << 40) | (unit.length << 12) | unit.index
-    return tuple(unit)
+    if length < 1 << 28 and index < 1 << 12:
+        return (offset << 40) | (length << 12) | index
+    return (offset, length, index)
 
 
 def unpack_unit(packed: Any) -> Unit:
@@ -134,6 +134,9 @@ class View:
 
 class RunState:
     """Cached state of one run folder; `refresh()` reads only files whose size or mtime moved."""
+
+    # During a refresh: digest of each generation key read in it (see _refresh_records).
+    _new_gen_digests: Optional[Dict[str, bytes]] = None
 
     def __init__(self, run_dir: str, run_id: str, experiment_id: str):
         self.dir = run_dir
@@ -205,17 +208,21 @@ class RunState:
                 self._resolved.clear()  # notice a .gz appearing next to a plain file
             changed = False
             errors: List[str] = []
-            for step in (self._refresh_metadata, self._refresh_dataset, self._refresh_records,
-                         self._refresh_evaluations, self._refresh_tasks):
-                try:
-                    changed |= step()
-                except CorruptFile as exc:
-                    errors.append(str(exc))
-                except OSError as exc:
-                    errors.append(f"{exc.strerror or exc} ({os.path.relpath(exc.filename or self.dir, self.dir)})")
-                except Exception as exc:  # noqa: BLE001 - whatever one run holds stays in that run's error
-                    log.exception("run %r: unexpected error reading it", self.run_id)
-                    errors.append(f"cannot read this run: {type(exc).__name__}: {exc}")
+            self._new_gen_digests = {}
+            try:
+                for step in (self._refresh_metadata, self._refresh_dataset, self._refresh_records,
+                             self._refresh_evaluations, self._refresh_tasks):
+                    try:
+                        changed |= step()
+                    except CorruptFile as exc:
+                        errors.append(str(exc))
+                    except OSError as exc:
+                        errors.append(f"{exc.strerror or exc} ({os.path.relpath(exc.filename or self.dir, self.dir)})")
+                    except Exception as exc:  # noqa: BLE001 - whatever one run holds stays in that run's error
+                        log.exception("run %r: unexpected error reading it", self.run_id)
+                        errors.append(f"cannot read this run: {type(exc).__name__}: {exc}")
+            finally:
+                self._new_gen_digests = None
             if self.meta_error:
                 errors.append(self.meta_error)
             error = "; ".join(errors) or None
@@ -464,8 +471,12 @@ class RunState:
         if start_over:
             self.gen = {}
         gen = self.gen
+        # The evaluation lines read in the same pass link to these keys: their digests are
+        # looked up there instead of being computed again (a cold start links every sample).
+        fresh = self._new_gen_digests if self._new_gen_digests is not None else {}
         for offset, length, index, (key, ok) in lines:
-            gen[digest(sample_key(key))] = (offset, length, index, ok)
+            d = fresh[key] = digest(sample_key(key))
+            gen[d] = (offset, length, index, ok)
         return changed
 
     def _refresh_tasks(self) -> bool:
@@ -512,6 +523,7 @@ class RunState:
             if start_over:
                 self.evals[eval_id] = {}
             table = self.evals.setdefault(eval_id, {})
+            fresh = self._new_gen_digests or {}
             for offset, length, index, (key, sid, names, values) in lines:
                 m = EVAL_SUFFIX.search(key)
                 gen_key = key[: m.start()] if m else key
@@ -522,8 +534,11 @@ class RunState:
                 k = digest(key)
                 if k in table:
                     del table[k]  # a re-written line moves to where it was last seen
-                table[k] = (digest(sample_key(gen_key)), sid, _shared_names(names), values, fallback,
-                            pack_unit(Unit(offset, length, index)))
+                gen_digest = fresh.get(gen_key)
+                if gen_digest is None:
+                    gen_digest = digest(sample_key(gen_key))
+                table[k] = (gen_digest, sid, _shared_names(names), values, fallback,
+                            pack_unit(offset, length, index))
             changed |= grew
         return changed
 
