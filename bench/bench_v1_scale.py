@@ -16,7 +16,8 @@ ones are built.
 3. warm ``GET /api/runs`` with 32 connections, then the same client against a bare Tornado
    handler returning a small JSON dict, in the same run: the ratio is the comparable figure
    (and against a bare Tornado handler returning the daemon's own list body, which tells the
-   cost of sending that body from the daemon's own);
+   cost of sending that body from the daemon's own); for each, the serving process's user and
+   kernel CPU per answer;
 4. resident memory of the daemon;
 5. the loop under load: a daemon serving STORE and BIG from an empty cache, probed with
    ``GET /`` every 10 ms while its cold scan, a cold detail of a 10,000-sample run and a cold
@@ -40,7 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -311,7 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if i < args.starts - 1:
                     continue
                 run_load(args.load, d.port, "/api/runs", 2, CONNECTIONS, 2)  # warm-up
-                res["list"] = run_load(args.load, d.port, "/api/runs", args.duration, CONNECTIONS, 2)
+                res["list"] = load_with_cpu(args.load, d.pid, d.port, "/api/runs", args.duration)
                 res["list_gzip"] = run_load(args.load, d.port, "/api/runs", args.duration, CONNECTIONS, 2,
                                             headers={"Accept-Encoding": "gzip"})
                 res["rss_mb"] = d.status().get("VmRSS", 0) / 1024
@@ -327,7 +328,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             try:
                 port = b.start(30)
                 run_load(args.load, port, "/", 2, CONNECTIONS, 2)
-                res[key] = run_load(args.load, port, "/", args.duration, CONNECTIONS, 2)
+                res[key] = load_with_cpu(args.load, b.pid, port, "/", args.duration)
             finally:
                 b.stop()
     finally:
@@ -338,6 +339,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     res["load_after"] = loadavg()
     report(res, store, len(ids), args)
     return 0
+
+
+def _cpu_ticks(pid: int) -> Tuple[int, int]:
+    """utime and stime of a process, in clock ticks (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def load_with_cpu(kind: str, pid: int, port: int, path: str, duration: float, **kw: Any) -> Dict[str, Any]:
+    """run_load, plus the serving process's user and kernel CPU per answer (microseconds):
+    where an answer's cost goes, in the daemon and in bare Tornado alike."""
+    before = _cpu_ticks(pid)
+    got = run_load(kind, port, path, duration, CONNECTIONS, 2, **kw)
+    after = _cpu_ticks(pid)
+    answers = (got.get("rps") or 0) * duration
+    if answers:
+        hz = os.sysconf("SC_CLK_TCK")
+        got["user_us"] = (after[0] - before[0]) / hz / answers * 1e6
+        got["sys_us"] = (after[1] - before[1]) / hz / answers * 1e6
+    return got
+
+
+def _cpu(got: Dict[str, Any]) -> str:
+    if "user_us" not in got:
+        return ""
+    return "; per answer %.0f us user + %.0f us kernel" % (got["user_us"], got["sys_us"])
 
 
 def _each(values: List[float]) -> str:
@@ -358,15 +386,18 @@ def report(res: Dict[str, Any], store: Path, n: int, args) -> None:
          "%.2f s (%s; identical: %s)" % (res["restart"], _each(res["restart_all"]),
                                           "yes" if res["restart_identical"] else "NO")),
         ("GET /api/runs warm, %d connections (%s)" % (CONNECTIONS, res["list"]["tool"]), ">= 0.85 x bare Tornado",
-         "%.0f req/s, p99 %.1f ms = %.2f x bare Tornado %.0f req/s" % (
-             rate, res["list"].get("p99_ms") or 0, ratio or 0, bare)),
+         "%.0f req/s, p99 %.1f ms = %.2f x bare Tornado %.0f req/s%s" % (
+             rate, res["list"].get("p99_ms") or 0, ratio or 0, bare, _cpu(res["list"]))),
+        ("  bare Tornado returning a small dict, same client", "(reference)",
+         "%.0f req/s%s" % (bare, _cpu(res["bare"]))),
         ("  the same, client sends Accept-Encoding: gzip (browsers, curl --compressed, requests)", "(info)",
          "%.0f req/s, p99 %.1f ms = %.2f x bare Tornado" % (
              res["list_gzip"]["rps"] or 0, res["list_gzip"].get("p99_ms") or 0,
              (res["list_gzip"]["rps"] or 0) / bare if bare else 0)),
         ("  the same client, bare Tornado answering the same %.0f KB body" % (res["list_bytes"] / 1024), "(info)",
-         "%.0f req/s (the daemon: %.2f x that)" % (res["bare_body"]["rps"] or 0,
-                                                    rate / res["bare_body"]["rps"] if res["bare_body"]["rps"] else 0)),
+         "%.0f req/s (the daemon: %.2f x that)%s" % (res["bare_body"]["rps"] or 0,
+                                                      rate / res["bare_body"]["rps"] if res["bare_body"]["rps"] else 0,
+                                                      _cpu(res["bare_body"]))),
         ("resident memory after the above, with its worker processes", "< 600 MB",
          "%.0f MB (the daemon process %.0f MB, its peak %.0f MB)" % (res["tree_mb"], res["rss_mb"], res["hwm_mb"])),
     ]
