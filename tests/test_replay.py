@@ -167,3 +167,75 @@ class TestWithKeys:
         fresh = await raw_get(http_port, "/api/runs", {"X-API-Key": "another-key-98765"})
         assert fresh[0] == 200 and fresh[2] == first[2]
         assert daemon.replays.replayed == 2
+
+
+async def read_answer(reader) -> Tuple[int, Dict[str, str], bytes]:
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)).decode("latin-1")
+    status_line, *rest = head[:-4].split("\r\n")
+    headers = dict(tuple(line.split(": ", 1)) for line in rest)
+    length = int(headers.get("Content-Length", "0"))
+    body = await asyncio.wait_for(reader.readexactly(length), 60) if length else b""
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("separate_body", (False, True))
+@pytest.mark.gen_test(timeout=120)
+async def test_keep_alive_connections_carry_replayed_and_handled_answers_in_turn(
+        http_port, base_url, daemon, separate_body, monkeypatch):
+    # A replay writes its answer straight to the connection's stream: the connection must go on
+    # to the next request, replayed or not, exactly as after a handler's answer.
+    if separate_body:
+        monkeypatch.setattr(replay, "SEPARATE_BODY", 0)
+    first = await raw_get(http_port, "/api/runs")
+    run_id = json.loads(first[2])[0]["run_id"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    try:
+        before = daemon.replays.replayed
+        for path in ["/api/runs", "/api/runs", f"/api/runs/{run_id}", "/api/runs", "/healthz", "/api/runs"]:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            status, headers, body = await read_answer(reader)
+            assert status == 200, path
+            assert "Connection" not in headers and "Transfer-Encoding" not in headers
+            if path == "/api/runs":
+                assert body == first[2]
+            else:
+                assert body != first[2] and json.loads(body)
+        assert daemon.replays.replayed == before + 4
+        # two requests sent at once (pipelined): two complete answers, in order
+        writer.write(b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                     b"GET /api/runs?limit=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert (await read_answer(reader))[2] == first[2]
+        assert len(json.loads((await read_answer(reader))[2])) == 1
+    finally:
+        writer.close()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_replay_to_a_closing_or_http_1_0_client_says_so(http_port, base_url, daemon):
+    first = await raw_get(http_port, "/api/runs")
+    await raw_get(http_port, "/api/runs", {"Connection": "close"})  # the handler's, recorded
+    for request, connection in [
+        (b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", "close"),
+        (b"GET /api/runs HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", None),
+    ]:
+        for _ in range(2):  # the handler's answer, then the replayed one
+            before = daemon.replays.replayed
+            reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+            try:
+                writer.write(request)
+                status, headers, body = await read_answer(reader)
+                assert status == 200 and body == first[2]
+                assert headers.get("Connection") == connection
+                assert await asyncio.wait_for(reader.read(), 60) == b""  # the daemon closed it
+            finally:
+                writer.close()
+        assert daemon.replays.replayed == before + 1
+    # HTTP/1.0 asking for keep-alive keeps the connection, and is told so
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    try:
+        for _ in range(3):
+            writer.write(b"GET /api/runs HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n")
+            status, headers, body = await read_answer(reader)
+            assert status == 200 and body == first[2] and headers.get("Connection") == "Keep-Alive"
+    finally:
+        writer.close()

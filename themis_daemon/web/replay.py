@@ -18,6 +18,7 @@ from collections import OrderedDict
 from email.utils import formatdate
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import tornado.http1connection
 import tornado.httputil
 
 from .base import REQUEST_ID, key_matches, new_request_id, request_key_from
@@ -26,10 +27,32 @@ PER_REQUEST = frozenset({"Date", "X-Request-Id"})  # made anew for every answer
 SEPARATE_BODY = 64 * 1024
 
 
+def _direct(conn: Any) -> bool:
+    return (type(conn) is tornado.http1connection.HTTP1Connection and not conn._disconnect_on_finish
+            and conn._request_start_line.version == "HTTP/1.1" and not conn.stream.closed())
+
+
 class Recording:
     """One recorded answer and what it depends on."""
 
-    __slots__ = ("start_line", "headers", "body", "token", "handler", "counter", "latency")
+    __slots__ = ("start_line", "headers", "body", "token", "handler", "counter", "latency", "framed", "_parts")
+
+    def head(self, date: str, rid: str) -> bytes:
+        parts = self._parts
+        if parts is None:
+            pre = [b"HTTP/1.1 %d %s" % (self.start_line.code, self.start_line.reason.encode("latin1"))]
+            parts = []
+            for name, value in self.headers:
+                if name in PER_REQUEST:
+                    parts.append(b"\r\n".join(pre) + b"\r\n" + name.encode("latin1") + b": ")
+                    parts.append(name)
+                    pre = [b""]
+                else:
+                    pre.append((name + ": " + value).encode("latin1"))
+            parts.append(b"\r\n".join(pre) + b"\r\n\r\n")
+            self._parts = parts
+        fresh = {"Date": date, "X-Request-Id": rid}
+        return b"".join([p if type(p) is bytes else fresh[p].encode("latin1") for p in parts])
 
     def __init__(self, start_line: tornado.httputil.ResponseStartLine, headers: List[Tuple[str, str]],
                  body: bytes, token: Any, handler: str, counter: Any, latency: Any):
@@ -40,6 +63,10 @@ class Recording:
         self.handler = handler
         self.counter = counter
         self.latency = latency
+        self._parts: Optional[List[Any]] = None
+        # Its headers frame its body on their own (no chunked transfer to add)
+        self.framed = (start_line.code == 304 and not body) or \
+            any(n == "Content-Length" and v == str(len(body)) for n, v in headers)
 
 
 class _Clock:
@@ -154,10 +181,28 @@ class ReplayDelegate(tornado.httputil.HTTPMessageDelegate):
         rec, request = self.recording, self.request
         given = request.headers.get("X-Request-Id", "")
         rid = given if REQUEST_ID.match(given) else new_request_id()
-        fresh = {"Date": self.replays.clock.date(time.time()), "X-Request-Id": rid}
-        headers = _Headers([(name, fresh.get(name, value)) for name, value in rec.headers])
+        date = self.replays.clock.date(time.time())
         conn = request.connection
         body = rec.body
+        if rec.framed and _direct(conn):
+            head = rec.head(date, rid)
+            stream = conn.stream
+            conn._response_start_line = rec.start_line
+            conn._expected_content_remaining = 0
+            if len(body) > SEPARATE_BODY:
+                stream.write(head)
+                conn._pending_write = stream.write(body)
+            else:
+                conn._pending_write = stream.write(head + body)
+            conn.finish()
+            self.replays.replayed += 1
+            duration = request.request_time()
+            rec.counter.inc()
+            rec.latency.observe(duration)
+            self.access(rec.handler, rec.start_line.code, request, duration, rid)
+            return
+        fresh = {"Date": date, "X-Request-Id": rid}
+        headers = _Headers([(name, fresh.get(name, value)) for name, value in rec.headers])
         if len(body) > SEPARATE_BODY:
             # Handed over on its own, a big body is sent from the recorded bytes: with the
             # headers, it would be copied into one new buffer for every answer.
