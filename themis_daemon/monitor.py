@@ -258,12 +258,23 @@ class Monitor:
         self.last_tick_duration = result.duration
         self._last_ok = started
         first = not self._snapshot and self.ticks == 1
-        self._plain = plain
-        self._plain_by_id = {s["run_id"]: s for s in plain}
+        # A poll of a quiet store hands back the very summary objects of the last one: then
+        # nothing below can differ but the stalled flags, and the loop skips rebuilding and
+        # diffing an annotated copy of every run (a millisecond and more per second with
+        # 1,000 runs, taken from the requests).
+        same = not first and not result.added and not result.removed and (
+            plain is self._plain or (len(plain) == len(self._plain) and all(a is b for a, b in zip(plain, self._plain))))
+        if not same:
+            self._plain = plain
+            self._plain_by_id = {s["run_id"]: s for s in plain}
         self.generation = generation
+        stall_generation = self.stall_generation
         stalled = self._stall_events(self._plain_by_id)
-        new = {s["run_id"]: self.annotate(s) for s in plain}
-        events = [] if first else diff_events(self._snapshot, new, result.added, result.removed)
+        if same and stall_generation == self.stall_generation:
+            new, events = self._snapshot, []
+        else:
+            new = {s["run_id"]: self.annotate(s) for s in self._plain}
+            events = [] if first else diff_events(self._snapshot, new, result.added, result.removed)
         if not first:  # runs already stalled at start-up are state, not news
             events.extend(stalled)
         if getattr(self.store, "positional", False):

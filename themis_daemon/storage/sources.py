@@ -158,6 +158,8 @@ class Sources:
         self._wrapped: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]] = {}
         self._logged: set = set()
         self._failures: Dict[str, str] = {}  # source name -> why its last refresh raised
+        # The last summaries() answer and the summary objects it was sorted from
+        self._sorted: Tuple[List[Dict[str, Any]], List[Dict[str, Any]]] = ([], [])
         self._rebuild_index()
 
     # ------------------------------------------------------------------ properties
@@ -315,8 +317,12 @@ class Sources:
     def summaries(self) -> List[Dict[str, Any]]:
         """Summaries of every run, newest first (by created_at, then run id)."""
         items = [self._summary_of(source, run_id) for run_id, source in self._index.items()]
-        items.sort(key=lambda s: (s.get("created_at") or "", s["run_id"]), reverse=True)
-        return items
+        last_items, last = self._sorted
+        if len(items) == len(last_items) and all(a is b for a, b in zip(items, last_items)):
+            return last  # nothing changed: the same list object (the monitor checks for that first)
+        out = sorted(items, key=lambda s: (s.get("created_at") or "", s["run_id"]), reverse=True)
+        self._sorted = (items, out)
+        return out
 
     def summary(self, run_id: str) -> Dict[str, Any]:
         return self._summary_of(self._owner(run_id), run_id)
