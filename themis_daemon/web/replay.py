@@ -38,21 +38,30 @@ class Recording:
     __slots__ = ("start_line", "headers", "body", "token", "handler", "counter", "latency", "framed", "_parts")
 
     def head(self, date: str, rid: str) -> bytes:
+        """The status line and header block as recorded, with this answer's Date and X-Request-Id."""
         parts = self._parts
         if parts is None:
-            pre = [b"HTTP/1.1 %d %s" % (self.start_line.code, self.start_line.reason.encode("latin1"))]
-            parts = []
-            for name, value in self.headers:
-                if name in PER_REQUEST:
-                    parts.append(b"\r\n".join(pre) + b"\r\n" + name.encode("latin1") + b": ")
-                    parts.append(name)
-                    pre = [b""]
-                else:
-                    pre.append((name + ": " + value).encode("latin1"))
-            parts.append(b"\r\n".join(pre) + b"\r\n\r\n")
-            self._parts = parts
+            parts = self._parts = self._head_parts()
+        if len(parts) == 5:  # both, in either order: the common case without a loop
+            first = date if parts[1] == "Date" else rid
+            second = rid if parts[1] == "Date" else date
+            return b"".join((parts[0], first.encode("latin1"), parts[2], second.encode("latin1"), parts[4]))
         fresh = {"Date": date, "X-Request-Id": rid}
         return b"".join([p if type(p) is bytes else fresh[p].encode("latin1") for p in parts])
+
+    def _head_parts(self) -> List[Any]:
+        """Fixed byte segments with the names of the per-answer headers between them."""
+        pre = [b"HTTP/1.1 %d %s" % (self.start_line.code, self.start_line.reason.encode("latin1"))]
+        parts: List[Any] = []
+        for name, value in self.headers:
+            if name in PER_REQUEST:
+                parts.append(b"\r\n".join(pre) + b"\r\n" + name.encode("latin1") + b": ")
+                parts.append(name)
+                pre = [b""]
+            else:
+                pre.append((name + ": " + value).encode("latin1"))
+        parts.append(b"\r\n".join(pre) + b"\r\n\r\n")
+        return parts
 
     def __init__(self, start_line: tornado.httputil.ResponseStartLine, headers: List[Tuple[str, str]],
                  body: bytes, token: Any, handler: str, counter: Any, latency: Any):
