@@ -2,7 +2,7 @@
 """One daemon process on realistic Themis 1.x stores (a report, not a test).
 
     python bench/bench_v1_scale.py [--store DIR] [--runs 200] [--samples 1000]
-        [--big-store DIR] [--duration 10] [--load wrk|python] [--skip-stall] [--starts 3]
+        [--big-store DIR] [--duration 5] [--rounds 3] [--load wrk|python] [--skip-stall] [--starts 3]
 
 Stores come from ``../shared/tools/make_scale_store.py`` (byte-identical to what Themis 1.4
 writes): STORE = RUNS x SAMPLES with 2 runs left in progress (default bench/out/scale-RUNSxSAMPLES),
@@ -13,8 +13,9 @@ ones are built.
    the median of ``--starts`` (3) starts, each with a new empty cache dir;
 2. restart: the same with the persistent cache the last cold start left (median of as many
    restarts), and the list must be byte-identical to the cold one;
-3. warm ``GET /api/runs`` with 32 connections, then the same client against a bare Tornado
-   handler returning a small JSON dict, in the same run: the ratio is the comparable figure
+3. warm ``GET /api/runs`` with 32 connections and the same client against a bare Tornado
+   handler returning a small JSON dict, in turn for ``--rounds`` (3) rounds of ``--duration``
+   (5 s) each: the median of the rounds' ratios is the comparable figure
    (and against a bare Tornado handler returning the daemon's own list body, which tells the
    cost of sending that body from the daemon's own); for each, the serving process's user and
    kernel CPU per answer;
@@ -245,7 +246,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--big-store", type=Path)
-    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of wrk per figure and round (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the list loads (default 3)")
     p.add_argument("--load", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python")
     p.add_argument("--skip-stall", action="store_true")
     p.add_argument("--starts", type=int, default=3,
@@ -253,8 +255,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--from-disk", action="store_true",
                    help="do not read the stores into the page cache before the cold start (then the disk's speed is measured too)")
     args = p.parse_args(argv)
-    if args.starts < 1:
-        p.error("--starts must be at least 1")
+    if args.starts < 1 or args.rounds < 1:
+        p.error("--starts and --rounds must be at least 1")
     store = args.store or HERE / "out" / ("scale-%dx%d" % (args.runs, args.samples))
     big = args.big_store or HERE / "out" / "scale-2x10000"
     ids = ensure(store, args.runs, args.samples, 2)
@@ -301,36 +303,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         res["list_bytes"] = len(cold["body"])
         restarts: List[float] = []
         res["restart_identical"] = True
-        for i in range(args.starts):
-            d = start([store], cache)  # the last cold start's cache
-            try:
-                warm = until_complete(d, len(ids))
-                restarts.append(warm["seconds"])
-                res["restart_identical"] &= warm["body"] == cold["body"]
-                log("restart %d of %d: %.2f s (list identical: %s)" % (
-                    i + 1, args.starts, warm["seconds"], warm["body"] == cold["body"]))
-                if i < args.starts - 1:
-                    continue
-                run_load(args.load, d.port, "/api/runs", 2, CONNECTIONS, 2)  # warm-up
-                res["list"] = load_with_cpu(args.load, d.pid, d.port, "/api/runs", args.duration)
-                res["list_gzip"] = run_load(args.load, d.port, "/api/runs", args.duration, CONNECTIONS, 2,
-                                            headers={"Accept-Encoding": "gzip"})
-                res["rss_mb"] = d.status().get("VmRSS", 0) / 1024
-                res["hwm_mb"] = d.status().get("VmHWM", 0) / 1024
-                res["tree_mb"] = d.status().get("TreeRSS", 0) / 1024
-            finally:
-                d.stop()
-        res["restart"], res["restart_all"] = statistics.median(restarts), restarts
-        body_file = Path(cache) / "list.json"
+        body_file = Path(caches[-1]) / "list.json"
         body_file.write_bytes(cold["body"])
-        for key, b in (("bare", BareTornado(max_seconds=args.duration + 120)),
-                       ("bare_body", BareBody(str(body_file), args.duration + 120))):
-            try:
-                port = b.start(30)
-                run_load(args.load, port, "/", 2, CONNECTIONS, 2)
-                res[key] = load_with_cpu(args.load, b.pid, port, "/", args.duration)
-            finally:
+        # Both bare Tornado servers wait beside the daemon; each round loads them and the daemon
+        # in turn, so the ratio compares the same minutes of this machine.
+        bares = {"bare": BareTornado(max_seconds=3600), "bare_body": BareBody(str(body_file), 3600)}
+        try:
+            for b in bares.values():
+                b.start(30)
+            for i in range(args.starts):
+                d = start([store], cache)  # the last cold start's cache
+                try:
+                    warm = until_complete(d, len(ids))
+                    restarts.append(warm["seconds"])
+                    res["restart_identical"] &= warm["body"] == cold["body"]
+                    log("restart %d of %d: %.2f s (list identical: %s)" % (
+                        i + 1, args.starts, warm["seconds"], warm["body"] == cold["body"]))
+                    if i == args.starts - 1:
+                        res.update(list_rounds(args, d, bares))
+                        res["rss_mb"] = d.status().get("VmRSS", 0) / 1024
+                        res["hwm_mb"] = d.status().get("VmHWM", 0) / 1024
+                        res["tree_mb"] = d.status().get("TreeRSS", 0) / 1024
+                finally:
+                    d.stop()
+        finally:
+            for b in bares.values():
                 b.stop()
+        res["restart"], res["restart_all"] = statistics.median(restarts), restarts
     finally:
         for cache in caches:
             shutil.rmtree(cache, ignore_errors=True)
@@ -354,12 +353,47 @@ def load_with_cpu(kind: str, pid: int, port: int, path: str, duration: float, **
     before = _cpu_ticks(pid)
     got = run_load(kind, port, path, duration, CONNECTIONS, 2, **kw)
     after = _cpu_ticks(pid)
-    answers = (got.get("rps") or 0) * duration
+    answers = got["answers"] = (got.get("rps") or 0) * duration
     if answers:
         hz = os.sysconf("SC_CLK_TCK")
         got["user_us"] = (after[0] - before[0]) / hz / answers * 1e6
         got["sys_us"] = (after[1] - before[1]) / hz / answers * 1e6
     return got
+
+
+def list_rounds(args: Any, d: DaemonProcess, bares: Dict[str, Any]) -> Dict[str, Any]:
+    """--rounds rounds of wrk against bare Tornado (small dict), the daemon's list, the same
+    with gzip and bare Tornado sending the list's bytes, in turn (the daemon first in odd rounds);
+    each figure is the median over the rounds, the ratio the median of the rounds' ratios."""
+    targets = [("bare", bares["bare"].pid, bares["bare"].port, "/", {}),
+               ("list", d.pid, d.port, "/api/runs", {}),
+               ("list_gzip", d.pid, d.port, "/api/runs", {"headers": {"Accept-Encoding": "gzip"}}),
+               ("bare_body", bares["bare_body"].pid, bares["bare_body"].port, "/", {})]
+    for _, _, port, path, kw in targets:  # warm-up
+        run_load(args.load, port, path, 2, CONNECTIONS, 2, **kw)
+    got: Dict[str, List[Dict[str, Any]]] = {t[0]: [] for t in targets}
+    for r in range(args.rounds):
+        order = targets if r % 2 == 0 else targets[1:3] + targets[:1] + targets[3:]
+        for name, pid, port, path, kw in order:
+            got[name].append(load_with_cpu(args.load, pid, port, path, args.duration, **kw))
+        log("round %d: bare %.0f, list %.0f (%.2f x), gzip %.0f, bare with the list's body %.0f req/s" % (
+            r + 1, got["bare"][-1]["rps"] or 0, got["list"][-1]["rps"] or 0,
+            (got["list"][-1]["rps"] or 0) / (got["bare"][-1]["rps"] or 1), got["list_gzip"][-1]["rps"] or 0,
+            got["bare_body"][-1]["rps"] or 0))
+    out: Dict[str, Any] = {}
+    for name, rounds in got.items():
+        merged = dict(rounds[-1])
+        merged["rps"] = statistics.median([x["rps"] or 0 for x in rounds])
+        merged["p99_ms"] = statistics.median([x.get("p99_ms") or 0 for x in rounds])
+        answers = sum(x.get("answers", 0) for x in rounds)
+        if answers and all("user_us" in x for x in rounds):
+            merged["user_us"] = sum(x["user_us"] * x["answers"] for x in rounds) / answers
+            merged["sys_us"] = sum(x["sys_us"] * x["answers"] for x in rounds) / answers
+        merged["rounds"] = [x["rps"] or 0 for x in rounds]
+        out[name] = merged
+    out["ratios"] = [(a["rps"] or 0) / b["rps"] if b["rps"] else 0 for a, b in zip(got["list"], got["bare"])]
+    out["ratios_gzip"] = [(a["rps"] or 0) / b["rps"] if b["rps"] else 0 for a, b in zip(got["list_gzip"], got["bare"])]
+    return out
 
 
 def _cpu(got: Dict[str, Any]) -> str:
@@ -375,7 +409,7 @@ def _each(values: List[float]) -> str:
 
 def report(res: Dict[str, Any], store: Path, n: int, args) -> None:
     rate, bare = res["list"]["rps"] or 0, res["bare"]["rps"] or 0
-    ratio = rate / bare if bare else None
+    ratio = statistics.median(res["ratios"]) if res.get("ratios") else (rate / bare if bare else None)
     big_store = n >= 1000
     rows = [
         ("cold start to the first complete GET /api/runs", "< 20 s (1,000 x 1,000)" if big_store else "< 5 s (200 x 1,000)", "%.2f s (%s; %s)" % (
@@ -386,14 +420,15 @@ def report(res: Dict[str, Any], store: Path, n: int, args) -> None:
          "%.2f s (%s; identical: %s)" % (res["restart"], _each(res["restart_all"]),
                                           "yes" if res["restart_identical"] else "NO")),
         ("GET /api/runs warm, %d connections (%s)" % (CONNECTIONS, res["list"]["tool"]), ">= 0.85 x bare Tornado",
-         "%.0f req/s, p99 %.1f ms = %.2f x bare Tornado %.0f req/s%s" % (
-             rate, res["list"].get("p99_ms") or 0, ratio or 0, bare, _cpu(res["list"]))),
+         "%.0f req/s, p99 %.1f ms = %.2f x bare Tornado %.0f req/s (median of the rounds' ratios: %s)%s" % (
+             rate, res["list"].get("p99_ms") or 0, ratio or 0, bare,
+             ", ".join("%.2f" % x for x in res.get("ratios", [])), _cpu(res["list"]))),
         ("  bare Tornado returning a small dict, same client", "(reference)",
          "%.0f req/s%s" % (bare, _cpu(res["bare"]))),
         ("  the same, client sends Accept-Encoding: gzip (browsers, curl --compressed, requests)", "(info)",
          "%.0f req/s, p99 %.1f ms = %.2f x bare Tornado" % (
              res["list_gzip"]["rps"] or 0, res["list_gzip"].get("p99_ms") or 0,
-             (res["list_gzip"]["rps"] or 0) / bare if bare else 0)),
+             statistics.median(res["ratios_gzip"]) if res.get("ratios_gzip") else 0)),
         ("  the same client, bare Tornado answering the same %.0f KB body" % (res["list_bytes"] / 1024), "(info)",
          "%.0f req/s (the daemon: %.2f x that)%s" % (res["bare_body"]["rps"] or 0,
                                                       rate / res["bare_body"]["rps"] if res["bare_body"]["rps"] else 0,
