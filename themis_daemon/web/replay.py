@@ -28,6 +28,9 @@ SEPARATE_BODY = 64 * 1024
 
 
 def _direct(conn: Any) -> bool:
+    """Whether a replay may skip `write_headers`: Tornado's own HTTP/1.1 connection to a client
+    that keeps it open (then `write_headers` adds nothing to the recorded headers). Reads
+    HTTP1Connection's private state, stable since Tornado 4; tests/test_replay.py covers it."""
     return (type(conn) is tornado.http1connection.HTTP1Connection and not conn._disconnect_on_finish
             and conn._request_start_line.version == "HTTP/1.1" and not conn.stream.closed())
 
@@ -192,39 +195,43 @@ class ReplayDelegate(tornado.httputil.HTTPMessageDelegate):
         rid = given if REQUEST_ID.match(given) else new_request_id()
         date = self.replays.clock.date(time.time())
         conn = request.connection
-        body = rec.body
         if rec.framed and _direct(conn):
-            head = rec.head(date, rid)
-            stream = conn.stream
-            conn._response_start_line = rec.start_line
-            conn._expected_content_remaining = 0
-            if len(body) > SEPARATE_BODY:
-                stream.write(head)
-                conn._pending_write = stream.write(body)
-            else:
-                conn._pending_write = stream.write(head + body)
-            conn.finish()
-            self.replays.replayed += 1
-            duration = request.request_time()
-            rec.counter.inc()
-            rec.latency.observe(duration)
-            self.access(rec.handler, rec.start_line.code, request, duration, rid)
-            return
-        fresh = {"Date": date, "X-Request-Id": rid}
-        headers = _Headers([(name, fresh.get(name, value)) for name, value in rec.headers])
-        if len(body) > SEPARATE_BODY:
-            # Handed over on its own, a big body is sent from the recorded bytes: with the
-            # headers, it would be copied into one new buffer for every answer.
-            conn.write_headers(rec.start_line, headers)
-            conn.write(body)
+            self._write_direct(conn, date, rid)
         else:
-            conn.write_headers(rec.start_line, headers, body or None)
+            self._write(conn, date, rid)
         conn.finish()
         self.replays.replayed += 1
         duration = request.request_time()
         rec.counter.inc()
         rec.latency.observe(duration)
         self.access(rec.handler, rec.start_line.code, request, duration, rid)
+
+    def _write_direct(self, conn: Any, date: str, rid: str) -> None:
+        """The recorded header block straight to the stream, and the connection state that
+        `finish()` reads set as `write_headers` sets it (see `_direct` for when)."""
+        rec = self.recording
+        head, body, stream = rec.head(date, rid), rec.body, conn.stream
+        conn._response_start_line = rec.start_line
+        conn._expected_content_remaining = 0
+        if len(body) > SEPARATE_BODY:
+            stream.write(head)
+            conn._pending_write = stream.write(body)
+        else:
+            conn._pending_write = stream.write(head + body)
+
+    def _write(self, conn: Any, date: str, rid: str) -> None:
+        """Through the connection's `write_headers`, which adds what a closing or HTTP/1.0
+        client must be told (Connection) and frames a body without a Content-Length."""
+        rec = self.recording
+        fresh = {"Date": date, "X-Request-Id": rid}
+        headers = _Headers([(name, fresh.get(name, value)) for name, value in rec.headers])
+        if len(rec.body) > SEPARATE_BODY:
+            # Handed over on its own, a big body is sent from the recorded bytes: with the
+            # headers, it would be copied into one new buffer for every answer.
+            conn.write_headers(rec.start_line, headers)
+            conn.write(rec.body)
+        else:
+            conn.write_headers(rec.start_line, headers, rec.body or None)
 
     def on_connection_close(self) -> None:
         pass
