@@ -30,7 +30,7 @@ SEPARATE_BODY = 64 * 1024
 def _direct(conn: Any) -> bool:
     """Whether a replay may skip `write_headers`: Tornado's own HTTP/1.1 connection to a client
     that keeps it open (then `write_headers` adds nothing to the recorded headers). Reads
-    HTTP1Connection's private state, stable since Tornado 4; tests/test_replay.py covers it."""
+    HTTP1Connection's private state (as of Tornado 6.6); tests/test_replay.py exercises this path."""
     return (type(conn) is tornado.http1connection.HTTP1Connection and not conn._disconnect_on_finish
             and conn._request_start_line.version == "HTTP/1.1" and not conn.stream.closed())
 
