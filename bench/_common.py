@@ -34,6 +34,17 @@ def loadavg() -> str:
         return "?"
 
 
+def proc_cpu_times(pid: int) -> Optional[Tuple[float, float]]:
+    """User and kernel CPU seconds of a process (all threads), from /proc/PID/stat."""
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        hz = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / hz, int(fields[12]) / hz
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _proc_status(pid: int) -> Dict[str, int]:
     out: Dict[str, int] = {}
     try:

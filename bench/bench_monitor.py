@@ -55,7 +55,7 @@ REPO = HERE.parent
 OUT = HERE / "out"
 sys.path.insert(0, str(REPO))
 
-from _common import HOST, DaemonProcess, fmt, loadavg, log, print_table, verdict  # noqa: E402
+from _common import HOST, DaemonProcess, fmt, loadavg, log, print_table, proc_cpu_times, verdict  # noqa: E402
 
 from themis_daemon.demo.writer import ThemisRunWriter, make_arith_dataset  # noqa: E402
 from themis_daemon.monitor import Monitor, diff_events  # noqa: E402
@@ -90,13 +90,9 @@ def pct(values: List[float], q: float) -> Optional[float]:
 
 
 def proc_cpu_s(pid: int) -> Optional[float]:
-    """utime + stime of a process (all threads) in seconds, from /proc/PID/stat."""
-    try:
-        with open("/proc/%d/stat" % pid) as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
+    """utime + stime of a process (all threads) in seconds."""
+    times = proc_cpu_times(pid)
+    return None if times is None else sum(times)
 
 
 # --------------------------------------------------------------------------- store

@@ -42,14 +42,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from _common import HOST, DaemonProcess, loadavg, log  # noqa: E402
+from _common import HOST, DaemonProcess, loadavg, log, proc_cpu_times  # noqa: E402
 from bench_rest import run_load  # noqa: E402
 from bench_v4 import BareTornado  # noqa: E402
 
@@ -340,24 +340,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def _cpu_ticks(pid: int) -> Tuple[int, int]:
-    """utime and stime of a process, in clock ticks (/proc/PID/stat)."""
-    with open("/proc/%d/stat" % pid) as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
-
-
 def load_with_cpu(kind: str, pid: int, port: int, path: str, duration: float, **kw: Any) -> Dict[str, Any]:
     """run_load, plus the serving process's user and kernel CPU per answer (microseconds):
     where an answer's cost goes, in the daemon and in bare Tornado alike."""
-    before = _cpu_ticks(pid)
+    before = proc_cpu_times(pid)
     got = run_load(kind, port, path, duration, CONNECTIONS, 2, **kw)
-    after = _cpu_ticks(pid)
+    after = proc_cpu_times(pid)
     answers = got["answers"] = (got.get("rps") or 0) * duration
-    if answers:
-        hz = os.sysconf("SC_CLK_TCK")
-        got["user_us"] = (after[0] - before[0]) / hz / answers * 1e6
-        got["sys_us"] = (after[1] - before[1]) / hz / answers * 1e6
+    if answers and before is not None and after is not None:
+        got["user_us"] = (after[0] - before[0]) / answers * 1e6
+        got["sys_us"] = (after[1] - before[1]) / answers * 1e6
     return got
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any, Dict, Optional, Set
 
@@ -49,7 +50,8 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
-        self.conns: Set[object] = set()
+        # Open connections -> when each last began to wait for a request (monotonic)
+        self.conns: Dict[object, float] = {}
         self.busy: Set[object] = set()
         self.draining = False
         # Idle keep-alive connections are closed by one sweep: Tornado's own timeout (the
@@ -57,7 +59,6 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         # a measurable share of a cached answer's cost.
         self.idle_timeout: float = self.conn_params.header_timeout or 3600.0
         self.conn_params.header_timeout = None
-        self.idle_since: Dict[object, float] = {}
         self._sweeper: Optional[tornado.ioloop.PeriodicCallback] = None
 
     def handle_stream(self, stream, address):
@@ -69,9 +70,8 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         return super().handle_stream(stream, address)
 
     def start_request(self, server_conn, request_conn):
-        self.conns.add(server_conn)
+        self.conns[server_conn] = time.monotonic()  # waiting for its next request
         self.busy.discard(server_conn)  # the previous response on it is complete
-        self.idle_since[server_conn] = time.monotonic()  # waiting for its next request
         if self._sweeper is None:
             interval = min(max(self.idle_timeout / 4, 0.05), 5.0)
             self._sweeper = tornado.ioloop.PeriodicCallback(self._sweep, interval * 1000)
@@ -82,18 +82,17 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         return _TrackingDelegate(super().start_request(server_conn, request_conn), self, server_conn)
 
     def on_close(self, server_conn) -> None:
-        self.conns.discard(server_conn)
+        self.conns.pop(server_conn, None)
         self.busy.discard(server_conn)
-        self.idle_since.pop(server_conn, None)
         super().on_close(server_conn)
 
     def _sweep(self) -> None:
         """Close connections that waited longer than the idle timeout for (the rest of) a request's
         headers; one whose request is in flight is busy, not idle."""
         cutoff = time.monotonic() - self.idle_timeout
-        for conn, since in list(self.idle_since.items()):
+        for conn, since in list(self.conns.items()):
             if since <= cutoff and conn not in self.busy:
-                del self.idle_since[conn]
+                self.conns[conn] = math.inf  # closing: on_close removes it
                 asyncio.ensure_future(conn.close())
 
     def stop(self) -> None:
@@ -105,7 +104,7 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         """Stop accepting, finish in-flight requests within `timeout`; the number cut off."""
         self.stop()
         self.draining = True
-        for conn in list(self.conns - self.busy):
+        for conn in list(self.conns.keys() - self.busy):
             asyncio.ensure_future(conn.close())
         deadline = time.monotonic() + max(timeout, 0.0)
         while (self.busy or extra_busy()) and time.monotonic() < deadline:

@@ -473,7 +473,7 @@ class RunState:
         gen = self.gen
         # The evaluation lines read in the same pass link to these keys: their digests are
         # looked up there instead of being computed again (a cold start links every sample).
-        fresh = self._new_gen_digests if self._new_gen_digests is not None else {}
+        fresh = self._new_gen_digests if self._new_gen_digests is not None else {}  # (not `or`: {} is falsy)
         for offset, length, index, (key, ok) in lines:
             d = fresh[key] = digest(sample_key(key))
             gen[d] = (offset, length, index, ok)
@@ -523,7 +523,7 @@ class RunState:
             if start_over:
                 self.evals[eval_id] = {}
             table = self.evals.setdefault(eval_id, {})
-            fresh = self._new_gen_digests or {}
+            fresh = self._new_gen_digests if self._new_gen_digests is not None else {}
             for offset, length, index, (key, sid, names, values) in lines:
                 m = EVAL_SUFFIX.search(key)
                 gen_key = key[: m.start()] if m else key
